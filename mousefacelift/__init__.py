@@ -1,0 +1,1 @@
+"""Mouse-FaceLift: synthetic multi-view mouse data and GS-LRM reconstruction."""
