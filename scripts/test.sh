@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export MOUSEFACELIFT_MAMMAL_DIR=${MOUSEFACELIFT_MAMMAL_DIR:-}
 python3 -m pytest -m "slow or not slow" "$@"
