@@ -213,7 +213,7 @@ def look_at(eye: Sequence[float], target: Sequence[float] = (0, 0, 0), up: Seque
     z /= n
     if abs(np.dot(z, up / np.linalg.norm(up))) > 1 - 1e-6:
         up = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    x = np.cross(z, -up)      # OpenCV: y points down, so 'up' is -y
+    x = np.cross(z, up)       # right-handed with y = z × x pointing down (OpenCV)
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     R = np.stack([x, y, z])
