@@ -127,8 +127,9 @@ class SceneSpec:
 
     ``meta`` travels unchanged into the sample's ``meta.json`` (pose family, appearance and
     lighting parameters, seed, ``mm_per_unit``...). ``arrays`` travel into the sample as
-    ``.npy`` members (``joints``, ``pose``). ``ground`` (optional) adds a floor plane at
-    that height that is rendered but kept out of alpha/depth (used for fake real captures).
+    ``.npy`` members (``joints``, ``pose``). ``meta["normalization"]`` records how the
+    subject was brought into the cube (``{"center": [x, y, z], "scale": s}``: world =
+    (model - center) * scale), so its mesh can be rebuilt from ``pose.npy`` for checks.
     """
 
     meshes: list[MeshSpec]
