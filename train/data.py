@@ -1,0 +1,444 @@
+"""Shard streaming -> training batches (ARCHITECTURE §2, §4, §5).
+
+Sources: a shard spec is a folder (its ``manifest.json`` shard list, else ``*.tar``), a glob,
+a brace pattern (``shards/mouse-{000000..000099}.tar``), a single tar, an ``http(s)://`` URL
+or a ``pipe:`` command (``pipe:aws s3 cp s3://bucket/x.tar -``), or a list of those. Tars are
+opened with ``webdataset.gopen`` and read member by member (no temporary copies).
+
+Training stream (:class:`TrainStream`) — a pure function of (seed, rank, logical worker,
+position), which is what makes ``resume=true`` exact:
+- every (rank, worker) draws shards *with replacement* from the whole list with its own RNG
+  (resampling), so any number of ranks x workers is fed even from a single shard and the
+  stream never ends: each rank runs the same fixed number of steps, so DDP never waits on a
+  rank that ran dry (no hang when shards < ranks x workers);
+- several shard sets are mixed with weights (e.g. mouse 0.75 + objects 0.25): at position p
+  the set is drawn from an RNG seeded by (seed, rank, worker, p);
+- view choice, background and augmentation of position p use the same per-position RNG;
+- corrupt samples (undecodable members, bad meta, unreadable tars) are skipped, counted and
+  logged with the shard's name; the record travels with the next good example into the batch
+  (``batch["corrupt"]``) so the trainer's counter is global, not per worker process;
+- on resume, each logical worker fast-forwards past the positions it had already delivered
+  (raw tar members only, nothing decoded); the DataLoader's round-robin order is restored by
+  rotating which process plays which logical worker.
+
+Evaluation stream (:func:`eval_examples`): every sample of the eval shards exactly once, in
+shard order, sample i going to rank ``i % world``; ranks are equalised by padding with
+examples flagged ``valid=False`` that the evaluator ignores.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import braceexpand
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset import tariterators
+
+from mousefacelift.cameras import Camera
+from mousefacelift.sample import MultiViewSample, SampleError
+
+from .augment import AugmentConfig, augment_inputs, composite, pick_background, resize_views
+from .views import ViewSamplingConfig, select_views
+
+log = logging.getLogger(__name__)
+
+REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://", "ais://")
+
+
+# -- shard lists ---------------------------------------------------------------------------
+def resolve_shards(spec) -> list[str]:
+    """Expand a shard spec (see module docstring) to an ordered list of URLs/paths."""
+    if spec is None:
+        raise ValueError("no shards given: set data.shards or data.sets[*].shards")
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    out: list[str] = []
+    for item in items:
+        item = str(item)
+        if item.startswith(REMOTE_PREFIXES):
+            out.extend(braceexpand.braceexpand(item))
+            continue
+        path = os.path.expanduser(item)
+        if os.path.isdir(path):
+            man = os.path.join(path, "manifest.json")
+            if os.path.exists(man):
+                names = [s["name"] for s in _read_json(man).get("shards", [])]
+                found = [os.path.join(path, n) for n in names]
+            else:
+                found = sorted(glob.glob(os.path.join(path, "*.tar")))
+            if not found:
+                raise FileNotFoundError(f"shard folder {path} holds no shards (no manifest entries, no *.tar)")
+            out.extend(found)
+        elif "{" in path:
+            out.extend(braceexpand.braceexpand(path))
+        elif any(c in path for c in "*?["):
+            found = sorted(glob.glob(path))
+            if not found:
+                raise FileNotFoundError(f"shard pattern {path} matches no file")
+            out.extend(found)
+        elif os.path.isfile(path):
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"shard spec {item!r}: no such folder or file")
+    if not out:
+        raise ValueError(f"shard spec {spec!r} expands to no shards")
+    return out
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read manifest ({e})") from None
+
+
+def manifest_record(spec) -> list[dict]:
+    """For checkpoints: per local shard folder its manifest sha256 and config hash, else the URL list hash."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec or [])
+    recs = []
+    for item in items:
+        item = str(item)
+        man = os.path.join(os.path.expanduser(item), "manifest.json")
+        if not item.startswith(REMOTE_PREFIXES) and os.path.isfile(man):
+            raw = open(man, "rb").read()
+            m = json.loads(raw)
+            recs.append({"spec": item, "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+                         "config_hash": m.get("config_hash"), "shards": len(m.get("shards", []))})
+        else:
+            urls = resolve_shards(item)
+            recs.append({"spec": item, "urls_sha256": hashlib.sha256("\n".join(urls).encode()).hexdigest(),
+                         "shards": len(urls)})
+    return recs
+
+
+# -- raw tar reading -----------------------------------------------------------------------
+class ShardReadError(RuntimeError):
+    """A shard that cannot be opened or read to the end (named in the message)."""
+
+
+def iter_raw_samples(url: str) -> Iterator[dict]:
+    """Grouped raw members of one tar: ``{"__key__", "__url__", FIELD: bytes}``.
+
+    Errors while opening or reading become :class:`ShardReadError` naming the shard; samples
+    already yielded stay valid.
+    """
+    try:
+        stream = wds.gopen(url, "rb")
+    except Exception as e:   # noqa: BLE001 - any opener failure is a read failure of this shard
+        raise ShardReadError(f"{url}: cannot open shard ({type(e).__name__}: {e})") from None
+    try:
+        files = (dict(f, __url__=url) for f in tariterators.tar_file_iterator(stream))
+        for sample in tariterators.group_by_keys(files, lcase=False):
+            sample["__url__"] = url
+            yield sample
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        raise ShardReadError(f"{url}: shard unreadable ({type(e).__name__}: {e})") from None
+    finally:
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001 - closing a broken pipe must not mask the real error
+            pass
+
+
+# -- example construction ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExampleConfig:
+    resolution: tuple[int, int]
+    views: ViewSamplingConfig
+    backgrounds: tuple[str, ...]
+    augment: AugmentConfig
+
+    @classmethod
+    def from_cfg(cls, cfg, train: bool = True) -> "ExampleConfig":
+        res = cfg.resolution
+        hw = (int(res), int(res)) if isinstance(res, (int, float)) else (int(res[0]), int(res[1]))
+        aug = AugmentConfig.from_cfg(cfg.augment)
+        if not train:
+            aug = AugmentConfig(enabled=False)
+        bgs = tuple(cfg.backgrounds if train else cfg.eval_backgrounds)
+        return cls(resolution=hw, views=ViewSamplingConfig.from_cfg(cfg.view_sampling), backgrounds=bgs, augment=aug)
+
+
+def _subset_fields(raw: dict, views: np.ndarray, meta: dict) -> dict:
+    """Raw members of only the chosen views, renumbered 000.., so only they are decoded."""
+    meta = dict(meta)
+    meta["views"] = [meta["views"][int(i)] for i in views]
+    out = {"__key__": raw["__key__"], "meta.json": json.dumps(meta).encode()}
+    for new, old in enumerate(views):
+        for kind in ("rgba.png", "depth.png"):
+            name = f"{int(old):03d}.{kind}"
+            if name in raw:
+                out[f"{new:03d}.{kind}"] = raw[name]
+    return out
+
+
+def make_example(raw: dict, cfg: ExampleConfig, rng: np.random.Generator) -> dict[str, Any]:
+    """Raw members of one sample -> one training example (see :func:`collate` for the fields).
+
+    Raises SampleError (corrupt sample, counted by the caller) naming the shard and key.
+    """
+    where = raw.get("__url__", "")
+    key = raw.get("__key__", "?")
+    tag = f"{where}:{key}"
+    if "meta.json" not in raw:
+        raise SampleError(f"{tag}: no meta.json member")
+    try:
+        meta = json.loads(raw["meta.json"])
+        cams = [Camera.from_meta(v, where=f"{tag} meta.views[{i}]") for i, v in enumerate(meta["views"])]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise SampleError(f"{tag}: unreadable meta.json ({type(e).__name__}: {e})") from None
+    c2w_all = np.stack([c.c2w for c in cams])
+    idx, fallback = select_views(c2w_all, cfg.views, rng, where=tag)
+    if any(cams[int(i)].dist is not None for i in idx):
+        raise SampleError(f"{tag}: view(s) with lens distortion; the pinhole renderer needs images undistorted at ingest")
+    sample = MultiViewSample.decode(_subset_fields(raw, idx, meta), where=where)
+    t = sample.to_tensors()
+    has_depth = "depth" in t
+    H, W = cfg.resolution
+    depth = t.get("depth")
+    rgb, alpha, depth, K = resize_views(t["rgb"], t["alpha"], depth, t["K"], H, W)
+    c2w = t["c2w"]
+    bg = pick_background(cfg.backgrounds, rng)
+    nin = cfg.views.num_input_views
+    in_rgb, in_alpha, in_K, in_c2w, info = augment_inputs(rgb[:nin], alpha[:nin], K[:nin], c2w[:nin], cfg.augment, rng)
+    return {
+        "key": sample.key,
+        "source": str(sample.meta.get("source")),
+        "shard": where,
+        "view_index": torch.from_numpy(np.asarray(idx, dtype=np.int64)),
+        "view_fallback": torch.tensor(bool(fallback)),
+        "rgb": composite(rgb, alpha, bg),
+        "alpha": alpha,
+        "depth": depth if has_depth else torch.zeros_like(alpha),
+        "has_depth": torch.tensor(has_depth),
+        "K": K,
+        "c2w": c2w,
+        "background": bg,
+        "input_rgb": composite(in_rgb, in_alpha, bg),
+        "input_K": in_K,
+        "input_c2w": in_c2w,
+        "input_jittered": info["jittered"],
+        "input_grid_px": info["grid_px"],
+        "valid": torch.tensor(True),
+    }
+
+
+def collate(examples: list[dict]) -> dict[str, Any]:
+    """Stack examples into a batch: tensors gain a leading B; strings become lists.
+
+    Batch fields: rgb [B,V,3,H,W] (composited on ``background`` [B,3]), alpha [B,V,1,H,W],
+    depth [B,V,1,H,W] (zeros where ``has_depth`` [B] is False), K [B,V,3,3], c2w [B,V,4,4],
+    input_rgb/input_K/input_c2w (the first num_input_views views as the model sees them),
+    view_index, view_fallback, valid, key/source/shard lists, corrupt (records skipped since
+    the previous example of that worker), and the stream positions used for exact resume.
+    """
+    out: dict[str, Any] = {}
+    for name in examples[0]:
+        vals = [e[name] for e in examples]
+        if name == "corrupt":
+            out[name] = [r for v in vals for r in v]
+        elif torch.is_tensor(vals[0]):
+            out[name] = torch.stack(vals)
+        else:
+            out[name] = vals
+    return out
+
+
+# -- streams -------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else from the environment."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng([int(p) & 0xFFFFFFFF for p in parts])
+
+
+@dataclass
+class ShardSet:
+    name: str
+    urls: list[str]
+    weight: float
+
+
+def shard_sets_from_cfg(data_cfg) -> list[ShardSet]:
+    """``data.shards`` (one set) overrides ``data.sets`` (named, weighted sets)."""
+    if data_cfg.get("shards") is not None:
+        return [ShardSet("shards", resolve_shards(_plain(data_cfg.shards)), 1.0)]
+    sets = []
+    for s in data_cfg.get("sets") or []:
+        w = float(s.get("weight", 1.0))
+        if not w > 0:
+            raise ValueError(f"data.sets[{s.get('name')}].weight must be > 0, got {w}")
+        sets.append(ShardSet(str(s.get("name", f"set{len(sets)}")), resolve_shards(_plain(s.shards)), w))
+    if not sets:
+        raise ValueError("no training data: set data.shards=PATH or list data.sets")
+    return sets
+
+
+def _plain(v):
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+
+
+class _ResampledShards:
+    """Endless raw samples from shards drawn with replacement by a seeded RNG."""
+
+    def __init__(self, urls: list[str], rng: np.random.Generator, set_name: str):
+        self.urls, self.rng, self.set_name = urls, rng, set_name
+        self._it: Iterator[dict] | None = None
+        self.failed: list[dict] = []
+
+    def _next_shard(self):
+        url = self.urls[int(self.rng.integers(len(self.urls)))]
+        self._it = iter_raw_samples(url)
+
+    def __next__(self) -> dict:
+        empty_streak = 0
+        while True:
+            if self._it is None:
+                self._next_shard()
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+                empty_streak += 1
+            except ShardReadError as e:
+                log.warning("skipping rest of shard: %s", e)
+                self.failed.append({"shard": str(e).split(": ", 1)[0], "key": None, "reason": str(e)})
+                self._it = None
+                empty_streak += 1
+            if empty_streak > 4 * len(self.urls) + 8:
+                raise RuntimeError(f"data set {self.set_name!r}: {empty_streak} shard draws in a row gave no sample; "
+                                   f"are the shards empty or unreadable? first: {self.urls[0]}")
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Endless, resampled, weighted-mixed stream of training examples (module docstring)."""
+
+    def __init__(self, sets: list[ShardSet], cfg: ExampleConfig, seed: int, resume_positions: dict | None = None,
+                 worker_rotation: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.sets, self.cfg, self.seed = sets, cfg, int(seed)
+        self.resume_positions = {int(k): int(v) for k, v in (resume_positions or {}).items()}
+        self.worker_rotation = int(worker_rotation)
+        self.num_workers = max(1, int(num_workers))
+        w = np.array([s.weight for s in sets], dtype=np.float64)
+        self.probs = w / w.sum()
+
+    def __iter__(self) -> Iterator[dict]:
+        rank, _ = dist_info()
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        logical = (wid + self.worker_rotation) % self.num_workers
+        sources = [_ResampledShards(s.urls, _rng(self.seed, rank, logical, 1 + i, 0x5EED), s.name)
+                   for i, s in enumerate(self.sets)]
+        start = self.resume_positions.get(logical, -1) + 1
+        corrupt: list[dict] = []
+        pos = 0
+        while True:
+            rng = _rng(self.seed, rank, logical, pos)
+            k = int(rng.choice(len(sources), p=self.probs)) if len(sources) > 1 else 0
+            raw = next(sources[k])
+            for rec in sources[k].failed:
+                corrupt.append(rec)
+            sources[k].failed.clear()
+            if pos < start:        # fast-forward on resume: raw members only, nothing decoded
+                pos += 1
+                continue
+            try:
+                ex = make_example(raw, self.cfg, rng)
+            except SampleError as e:
+                log.warning("corrupt sample skipped: %s", e)
+                corrupt.append({"shard": raw.get("__url__"), "key": raw.get("__key__"), "reason": str(e)})
+                pos += 1
+                continue
+            ex["set"] = self.sets[k].name
+            ex["corrupt"] = corrupt
+            ex["stream_pos"] = torch.tensor(pos)
+            ex["stream_worker"] = torch.tensor(logical)
+            corrupt = []
+            pos += 1
+            yield ex
+
+
+def make_train_loader(data_cfg, seed: int, resume_positions: dict | None = None, consumed_batches: int = 0):
+    """DataLoader over :class:`TrainStream`; ``consumed_batches`` restores worker round-robin order."""
+    nw = int(data_cfg.num_workers)
+    ds = TrainStream(shard_sets_from_cfg(data_cfg), ExampleConfig.from_cfg(data_cfg, train=True), seed,
+                     resume_positions=resume_positions, worker_rotation=consumed_batches % max(1, nw),
+                     num_workers=nw)
+    return torch.utils.data.DataLoader(ds, batch_size=int(data_cfg.batch_size), num_workers=nw, collate_fn=collate,
+                                       persistent_workers=False, prefetch_factor=2 if nw > 0 else None)
+
+
+def eval_examples(spec, data_cfg, seed: int, max_samples: int | None = None) -> list[dict]:
+    """This rank's exact share of the eval shards (sample i -> rank i % world), padded so every
+    rank holds the same count; padding examples have ``valid=False``. Deterministic views per key."""
+    rank, world = dist_info()
+    cfg = ExampleConfig.from_cfg(data_cfg, train=False)
+    mine: list[dict] = []
+    total = 0
+    corrupt: list[dict] = []
+    for url in resolve_shards(spec):
+        try:
+            for raw in iter_raw_samples(url):
+                if max_samples is not None and total >= max_samples:
+                    break
+                i = total
+                total += 1
+                if i % world != rank:
+                    continue
+                rng = _rng(seed, zlib.crc32(str(raw.get("__key__")).encode()))
+                try:
+                    ex = make_example(raw, cfg, rng)
+                except SampleError as e:
+                    log.warning("corrupt eval sample skipped: %s", e)
+                    corrupt.append({"shard": url, "key": raw.get("__key__"), "reason": str(e)})
+                    continue
+                ex["corrupt"] = []
+                mine.append(ex)
+        except ShardReadError as e:
+            log.warning("eval shard skipped: %s", e)
+            corrupt.append({"shard": url, "key": None, "reason": str(e)})
+    per_rank = -(-total // world)
+    if not mine and per_rank:
+        mine_spare = _first_good_example(spec, cfg, seed)
+        if mine_spare is None:
+            raise RuntimeError(f"eval shards {spec}: no decodable sample at all ({len(corrupt)} corrupt)")
+        mine_spare["valid"] = torch.tensor(False)
+        mine_spare["corrupt"] = []
+        mine.append(mine_spare)
+    while mine and len(mine) < per_rank:
+        pad = dict(mine[-1])
+        pad["valid"] = torch.tensor(False)
+        mine.append(pad)
+    if corrupt and mine:
+        mine[0]["corrupt"] = corrupt
+    return mine
+
+
+def _first_good_example(spec, cfg: ExampleConfig, seed: int) -> dict | None:
+    """Padding for a rank that got no eval sample (more ranks than samples)."""
+    for url in resolve_shards(spec):
+        try:
+            for raw in iter_raw_samples(url):
+                try:
+                    return make_example(raw, cfg, _rng(seed, zlib.crc32(str(raw.get("__key__")).encode())))
+                except SampleError:
+                    continue
+        except ShardReadError:
+            continue
+    return None
