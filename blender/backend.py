@@ -1,0 +1,330 @@
+"""SceneSpec -> Cycles renders -> numpy arrays: the project's one Blender backend.
+
+``BlenderRenderer`` keeps one Blender scene per process and reuses it across calls: the
+subject mesh is updated in place (vertex coordinates only while the topology is
+unchanged), materials/world/lights only get new socket values, persistent data keeps
+Cycles' scene between renders, and every view is rendered by moving one camera. Each view's
+passes (combined RGBA, depth, normal) land in an uncompressed multilayer EXR in a RAM-backed
+temp folder and are read straight back into numpy (see ``docs/bench_render.md`` for why and
+how fast). All convention changes happen in :mod:`blender.conventions`.
+
+Usage::
+
+    with BlenderRenderer(quality="train") as r:
+        views = r.render(scene_spec)      # RenderedViews: rgba, depth, normal, timings
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import bpy
+import mathutils
+import numpy as np
+
+from mousefacelift.cameras import Camera
+from mousefacelift.scene import MeshSpec, SceneSpec
+
+from .conventions import (blender_camera_params, camera_normals, distort_views, planar_depth,
+                          straight_srgb8)
+from .devices import configure_device
+from .exr import read_exr
+from .materials import SlotMaterial, set_image_pixels
+from .quality import QualityPreset, load_quality
+from .world import HdrError, WorldRig
+
+log = logging.getLogger(__name__)
+VIEW_LAYER = "mfl"
+CLIP_START = 1e-3          # world units; the subject sits ~2.7 units away, metric rigs ~1000
+CLIP_END = 1e5
+__all__ = ["BlenderRenderer", "RenderedViews", "HdrError"]
+
+
+@dataclass
+class RenderedViews:
+    """What one :meth:`BlenderRenderer.render` call returns (arrays indexed by view)."""
+
+    rgba: np.ndarray            # uint8 [V,H,W,4], sRGB, straight alpha = coverage
+    depth: np.ndarray           # float32 [V,H,W] planar camera z (world units), 0 = no surface
+    normal: np.ndarray          # float32 [V,H,W,3] OpenCV camera-space unit normals, 0 where empty
+    cameras: list[Camera]
+    seconds_render: float       # inside Blender's render calls
+    seconds_other: float        # scene updates, reading passes, conversions
+    device: str = "CPU"
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence Blender's per-sample progress lines (C-level stdout) during a render."""
+    try:
+        sys.stdout.flush()
+        fd = os.dup(1)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(fd)
+        os.close(devnull)
+
+
+def _ram_tmpdir() -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix="mfl_blender_", dir=base)
+
+
+class _MeshSlot:
+    """One reusable Blender mesh object (plus its material slots and texture image)."""
+
+    def __init__(self, scene, index: int):
+        self.mesh = bpy.data.meshes.new(f"mfl_mesh_{index}")
+        self.obj = bpy.data.objects.new(f"mfl_mesh_{index}", self.mesh)
+        scene.collection.objects.link(self.obj)
+        self.index = index
+        self.faces: np.ndarray | None = None
+        self.nverts = -1
+        self.materials: list[SlotMaterial] = []
+        self.texture: bpy.types.Image | None = None
+
+    def update(self, spec: MeshSpec) -> bool:
+        """Bring the Blender mesh to ``spec``; returns True when the topology was rebuilt."""
+        v = np.ascontiguousarray(spec.vertices, dtype=np.float32)
+        f = np.ascontiguousarray(spec.faces, dtype=np.int32)
+        me = self.mesh
+        rebuilt = not (self.faces is not None and self.nverts == len(v) and self.faces.shape == f.shape
+                       and np.array_equal(self.faces, f))
+        if rebuilt:
+            me.clear_geometry()
+            me.vertices.add(len(v))
+            me.loops.add(f.size)
+            me.polygons.add(len(f))
+            me.loops.foreach_set("vertex_index", f.ravel())
+            me.polygons.foreach_set("loop_start", np.arange(0, f.size, 3, dtype=np.int32))
+            self.faces, self.nverts = f.copy(), len(v)
+        me.vertices.foreach_set("co", v.ravel())
+        me.polygons.foreach_set("material_index", np.asarray(spec.face_region, dtype=np.int32))
+        me.polygons.foreach_set("use_smooth", np.full(len(f), bool(spec.smooth)))
+        if spec.uv is not None:
+            uvl = me.uv_layers.get("UVMap") or me.uv_layers.new(name="UVMap")
+            uvl.data.foreach_set("uv", np.ascontiguousarray(spec.uv, dtype=np.float32).ravel())
+        elif me.uv_layers.get("UVMap") is not None:
+            me.uv_layers.remove(me.uv_layers["UVMap"])
+        me.update()
+        if rebuilt:
+            me.validate(verbose=False)
+        self._apply_materials(spec)
+        return rebuilt
+
+    def _apply_materials(self, spec: MeshSpec) -> None:
+        while len(self.materials) < len(spec.regions):
+            self.materials.append(SlotMaterial(f"mfl_mat_{self.index}_{len(self.materials)}"))
+        slots = self.obj.data.materials
+        want = [m.material for m in self.materials[: len(spec.regions)]]
+        if list(slots) != want:
+            slots.clear()
+            for m in want:
+                slots.append(m)
+        tex = None
+        if spec.texture is not None:
+            if spec.uv is None:
+                raise ValueError(f"mesh {spec.name!r}: a texture needs per-corner uv coordinates")
+            arr = np.asarray(spec.texture)
+            if self.texture is None:
+                self.texture = bpy.data.images.new(f"mfl_tex_{self.index}", arr.shape[1], arr.shape[0], alpha=True)
+            set_image_pixels(self.texture, arr)
+            tex = self.texture
+        for mat, region in zip(self.materials, spec.regions):
+            mat.apply(spec.materials[region], tex)
+
+
+class BlenderRenderer:
+    """A persistent Cycles scene that turns :class:`SceneSpec` objects into arrays.
+
+    One per process (bpy has one global state): creating it resets Blender to an empty
+    factory scene. ``quality`` names a preset in ``configs/quality``; ``resolution`` (if
+    given) resizes every camera to that width, keeping its aspect; ``samples`` overrides
+    the preset's samples; ``threads`` = 0 uses all cores.
+    """
+
+    _open: "BlenderRenderer | None" = None
+
+    def __init__(self, quality: str = "preview", device: str = "auto", resolution: int | None = None,
+                 samples: int | None = None, threads: int = 0):
+        if BlenderRenderer._open is not None:
+            raise RuntimeError("a BlenderRenderer is already open in this process (bpy has one global scene); "
+                               "close() it first")
+        self.preset: QualityPreset = load_quality(quality).with_overrides(None, samples)
+        self.resolution = None if resolution is None else self.preset.with_overrides(resolution).resolution
+        if int(threads) < 0:
+            raise ValueError(f"threads: expected >= 0 (0 = all cores), got {threads}")
+        self.threads = int(threads)
+        self._tmp = _ram_tmpdir()
+        self._closed = False
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        self.scene = bpy.context.scene
+        self.device = configure_device(self.scene, device)
+        self._configure_scene()
+        self.world = WorldRig(self.scene)
+        cam_data = bpy.data.cameras.new("mfl_camera")
+        self.camera = bpy.data.objects.new("mfl_camera", cam_data)
+        self.scene.collection.objects.link(self.camera)
+        self.scene.camera = self.camera
+        self._meshes: list[_MeshSlot] = []
+        BlenderRenderer._open = self
+        log.info("Blender %s ready: quality=%s samples=%d device=%s threads=%s tmp=%s", bpy.app.version_string,
+                 self.preset.name, self.preset.samples, self.device, self.threads or "all", self._tmp)
+
+    # -- setup ---------------------------------------------------------------------------
+    def _configure_scene(self) -> None:
+        sc, p = self.scene, self.preset
+        r = sc.render
+        r.engine = "CYCLES"
+        r.film_transparent = True
+        r.use_persistent_data = True
+        r.resolution_percentage = 100
+        r.use_compositing = False
+        r.use_sequencer = False
+        r.use_file_extension = True
+        r.threads_mode = "FIXED" if self.threads else "AUTO"
+        if self.threads:
+            r.threads = self.threads
+        im = r.image_settings
+        im.file_format = "OPEN_EXR_MULTILAYER"
+        im.color_depth = "32"
+        im.exr_codec = "NONE"
+        sc.view_settings.view_transform = "Standard"   # colour is converted to sRGB in numpy
+        c = sc.cycles
+        c.samples = p.samples
+        c.use_adaptive_sampling = p.adaptive_threshold > 0
+        if p.adaptive_threshold > 0:
+            c.adaptive_threshold = p.adaptive_threshold
+            c.adaptive_min_samples = p.adaptive_min_samples
+        c.use_denoising = p.denoiser != "NONE"
+        if c.use_denoising:
+            c.denoiser = p.denoiser
+            c.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+        c.max_bounces = p.max_bounces
+        c.diffuse_bounces = p.diffuse_bounces
+        c.glossy_bounces = p.glossy_bounces
+        c.transmission_bounces = p.transmission_bounces
+        c.transparent_max_bounces = p.transparent_bounces
+        c.filter_width = p.filter_width
+        c.seed = 0
+        vl = sc.view_layers[0]
+        vl.name = VIEW_LAYER
+        vl.use_pass_combined = True
+        vl.use_pass_z = True
+        vl.use_pass_normal = True
+        r.filepath = os.path.join(self._tmp, "view.exr")
+
+    # -- rendering -----------------------------------------------------------------------
+    def _cameras(self, scene: SceneSpec) -> list[Camera]:
+        cams = list(scene.cameras)
+        if self.resolution is not None:
+            cams = [c.resized(self.resolution, max(1, round(c.height * self.resolution / c.width))) for c in cams]
+        sizes = {(c.width, c.height) for c in cams}
+        if len(sizes) != 1:
+            raise ValueError(f"scene {scene.key!r}: all cameras must share one image size to stack views, got {sorted(sizes)}")
+        return cams
+
+    def _set_camera(self, cam: Camera) -> None:
+        p = blender_camera_params(cam)
+        d = self.camera.data
+        d.type = "PERSP"
+        d.sensor_fit = "HORIZONTAL"
+        d.sensor_width = p.sensor_width_mm
+        d.lens = p.lens_mm
+        d.shift_x, d.shift_y = p.shift_x, p.shift_y
+        d.clip_start, d.clip_end = CLIP_START, CLIP_END
+        r = self.scene.render
+        if (r.resolution_x, r.resolution_y) != (p.width, p.height):
+            r.resolution_x, r.resolution_y = p.width, p.height
+        r.pixel_aspect_x, r.pixel_aspect_y = p.pixel_aspect_x, p.pixel_aspect_y
+        self.camera.matrix_world = mathutils.Matrix(p.matrix_world.tolist())
+
+    def _read_passes(self, path: str, cam: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ch = read_exr(path)
+        os.remove(path)
+        pre = f"{VIEW_LAYER}."
+
+        def get(name):
+            try:
+                return ch[pre + name]                 # EXR row 0 is the top row, as in numpy images
+            except KeyError:
+                raise RuntimeError(f"render pass {pre + name!r} missing from {path} (have {sorted(ch)})") from None
+
+        premul = np.stack([get(f"Combined.{c}") for c in "RGBA"], axis=-1)
+        rgba = straight_srgb8(premul)
+        depth = planar_depth(get("Depth.Z"))
+        hit = depth > 0
+        normal = camera_normals(np.stack([get(f"Normal.{c}") for c in "XYZ"], axis=-1), cam.w2c, hit)
+        return rgba, depth, normal
+
+    def render(self, scene: SceneSpec) -> RenderedViews:
+        """Render every camera of ``scene``; see :class:`RenderedViews` for the outputs."""
+        if self._closed:
+            raise RuntimeError("BlenderRenderer.render() called after close()")
+        t0 = time.perf_counter()
+        scene.validate()
+        cams = self._cameras(scene)
+        while len(self._meshes) < len(scene.meshes):
+            self._meshes.append(_MeshSlot(self.scene, len(self._meshes)))
+        for i, slot in enumerate(self._meshes):
+            slot.obj.hide_render = i >= len(scene.meshes)
+            if i < len(scene.meshes):
+                slot.update(scene.meshes[i])
+        self.world.apply(scene.environment)
+        self.world.apply_lights(list(scene.area_lights))
+        V, H, W = len(cams), cams[0].height, cams[0].width
+        rgba = np.zeros((V, H, W, 4), np.uint8)
+        depth = np.zeros((V, H, W), np.float32)
+        normal = np.zeros((V, H, W, 3), np.float32)
+        t_render = 0.0
+        path = self.scene.render.filepath
+        for v, cam in enumerate(cams):
+            self._set_camera(cam)
+            t = time.perf_counter()
+            with _quiet_stdout():
+                bpy.ops.render.render(write_still=True)
+            t_render += time.perf_counter() - t
+            rgba[v], depth[v], normal[v] = self._read_passes(path, cam)
+        if any(c.dist is not None for c in cams):
+            rgba, depth, normal = distort_views(rgba, depth, normal, cams)
+        total = time.perf_counter() - t0
+        return RenderedViews(rgba, depth, normal, cams, t_render, total - t_render, self.device)
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free Blender's scene data and the temp folder; the renderer cannot be used after."""
+        if self._closed:
+            return
+        self._closed = True
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        try:
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+        finally:
+            if BlenderRenderer._open is self:
+                BlenderRenderer._open = None
+
+    def __enter__(self) -> "BlenderRenderer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+        except Exception:
+            pass

@@ -1,0 +1,157 @@
+"""Conversions between the project's conventions and Blender's, done once, here.
+
+Pure numpy (no bpy), so they are testable anywhere:
+- OpenCV camera (x right, y down, z forward; K + w2c) -> Blender camera (looks down -Z,
+  +Y up; lens / sensor width / shift / pixel aspect with an explicit horizontal sensor fit);
+- Cycles' passes -> the project's arrays: premultiplied linear RGBA -> straight sRGB uint8,
+  depth pass -> planar camera z with 0 = no surface, world-space normal pass -> OpenCV
+  camera-space unit normals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mousefacelift.cameras import Camera
+
+SENSOR_WIDTH_MM = 36.0            # arbitrary: only lens / sensor matters; Blender's default
+# OpenCV camera axes expressed in Blender's camera frame: x same, y and z flipped.
+CV_TO_BLENDER_CAM = np.diag([1.0, -1.0, -1.0, 1.0])
+NO_HIT_DEPTH = 1e9                 # Cycles writes ~1e10 where a ray hits nothing
+
+
+@dataclass(frozen=True)
+class BlenderCameraParams:
+    """Everything Blender needs to reproduce one OpenCV camera exactly (ideal pinhole)."""
+
+    matrix_world: np.ndarray       # 4x4 camera-to-world in Blender's camera axes
+    lens_mm: float
+    sensor_width_mm: float
+    shift_x: float
+    shift_y: float
+    pixel_aspect_x: float
+    pixel_aspect_y: float
+    width: int
+    height: int
+
+
+def blender_camera_params(cam: Camera) -> BlenderCameraParams:
+    """Blender camera settings that project like ``cam`` (K, w2c) does.
+
+    With sensor fit HORIZONTAL Blender's pixel pitch on the unit image plane is
+    ``sensor / (lens * W)`` horizontally and ``ycor`` times that vertically, where
+    ``ycor = pixel_aspect_y / pixel_aspect_x``; shifts move the view window by
+    ``shift * W`` pixels. Solving for fx, fy, cx, cy gives the formulas below.
+    """
+    fx, fy, cx, cy = cam.fx, cam.fy, cam.cx, cam.cy
+    if abs(cam.K[0, 1]) > 1e-9:
+        raise ValueError(f"camera {cam.name!r}: skewed intrinsics (K[0,1]={cam.K[0, 1]}) cannot be rendered by Blender")
+    W, H = cam.width, cam.height
+    # fy / fx = aspect_x / aspect_y; Blender wants both aspects >= 1.
+    if fy >= fx:
+        ax, ay = fy / fx, 1.0
+    else:
+        ax, ay = 1.0, fx / fy
+    ycor = ay / ax                                   # = fx / fy
+    lens = fx * SENSOR_WIDTH_MM / W
+    shift_x = (W / 2.0 - cx) / W
+    shift_y = (cy - H / 2.0) * ycor / W
+    matrix_world = cam.c2w @ CV_TO_BLENDER_CAM
+    return BlenderCameraParams(matrix_world, lens, SENSOR_WIDTH_MM, shift_x, shift_y, ax, ay, W, H)
+
+
+def straight_srgb8(premul_rgba: np.ndarray) -> np.ndarray:
+    """Linear premultiplied float RGBA [H,W,4] -> straight-alpha sRGB uint8 RGBA.
+
+    Un-premultiplying restores the surface colour at partially covered edge pixels, so a
+    background composited later (``rgb*a + bg*(1-a)``) does not darken the silhouette.
+    """
+    rgba = np.nan_to_num(premul_rgba.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    alpha = np.clip(rgba[..., 3:4], 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rgb = np.where(alpha > 1e-6, rgba[..., :3] / np.maximum(alpha, 1e-6), 0.0)
+    rgb = np.clip(rgb, 0.0, 1.0)
+    srgb = np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.power(rgb, 1.0 / 2.4) - 0.055)
+    out = np.concatenate([srgb, alpha], axis=-1)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def planar_depth(depth_pass: np.ndarray) -> np.ndarray:
+    """Cycles' depth pass -> planar camera z (world units), 0 where no surface was hit.
+
+    Cycles' perspective depth pass already is the camera-space z distance (tested against an
+    analytic plane in tests/test_blender_backend.py), so only the no-hit sentinel changes.
+    """
+    d = depth_pass.astype(np.float32)
+    bad = ~np.isfinite(d) | (d >= NO_HIT_DEPTH) | (d <= 0)
+    d[bad] = 0.0
+    return d
+
+
+def camera_normals(world_normals: np.ndarray, w2c: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """World-space normal pass [H,W,3] -> OpenCV camera-space unit normals, 0 where ``~hit``."""
+    n = world_normals.astype(np.float32) @ np.asarray(w2c, dtype=np.float32)[:3, :3].T
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    ok = hit[..., None] & (norm > 1e-6)
+    return np.where(ok, n / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
+
+
+def look_at_rotation(position, target) -> np.ndarray:
+    """3x3 world rotation of a Blender light/camera at ``position`` whose -Z points at ``target``."""
+    p, t = np.asarray(position, float), np.asarray(target, float)
+    z = p - t
+    n = np.linalg.norm(z)
+    if n < 1e-9:
+        raise ValueError(f"light at {tuple(p)} has the same position as its target")
+    z /= n
+    up = np.array([0.0, 0.0, 1.0]) if abs(z[2]) < 0.999 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(up, z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    return np.stack([x, y, z], axis=1)
+
+
+def distort_views(rgba: np.ndarray, depth: np.ndarray, normal: np.ndarray, cameras: list[Camera]):
+    """Warp ideal-pinhole renders into each camera's OpenCV lens distortion.
+
+    Cycles renders pinholes only; for a calibrated rig (e.g. DANNCE) every output pixel is
+    undistorted to find where it lies in the pinhole render: colour is sampled bilinearly
+    (premultiplied, so edges stay clean), depth and normals by nearest neighbour (never
+    blending surfaces). Pixels that fall outside the pinhole frame come out empty.
+    """
+    rgba, depth, normal = rgba.copy(), depth.copy(), normal.copy()
+    from mousefacelift.cameras import undistort_normalized
+
+    for v, cam in enumerate(cameras):
+        if cam.dist is None:
+            continue
+        H, W = cam.height, cam.width
+        jj, ii = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+        xd = np.stack([(jj - cam.cx) / cam.fx, (ii - cam.cy) / cam.fy], axis=-1).reshape(-1, 2)
+        xn = undistort_normalized(xd, cam.dist)
+        x = xn[:, 0] * cam.fx + cam.cx - 0.5
+        y = xn[:, 1] * cam.fy + cam.cy - 0.5
+        inside = (x > -0.5) & (x < W - 0.5) & (y > -0.5) & (y < H - 0.5)
+        xi = np.clip(np.rint(x).astype(int), 0, W - 1)
+        yi = np.clip(np.rint(y).astype(int), 0, H - 1)
+        x0 = np.clip(np.floor(x).astype(int), 0, W - 1)
+        y0 = np.clip(np.floor(y).astype(int), 0, H - 1)
+        x1, y1 = np.clip(x0 + 1, 0, W - 1), np.clip(y0 + 1, 0, H - 1)
+        fx_, fy_ = np.clip(x - x0, 0, 1)[:, None], np.clip(y - y0, 0, 1)[:, None]
+        src = rgba[v].astype(np.float32) / 255.0
+        pre = np.concatenate([src[..., :3] * src[..., 3:], src[..., 3:]], axis=-1)
+        s = (pre[y0, x0] * (1 - fx_) * (1 - fy_) + pre[y0, x1] * fx_ * (1 - fy_)
+             + pre[y1, x0] * (1 - fx_) * fy_ + pre[y1, x1] * fx_ * fy_)
+        s[~inside] = 0.0
+        a = s[:, 3:]
+        rgb = np.where(a > 1e-6, s[:, :3] / np.maximum(a, 1e-6), 0.0)
+        out = np.concatenate([rgb, a], axis=-1)
+        rgba[v] = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8).reshape(H, W, 4)
+        d = depth[v][yi, xi]
+        d[~inside] = 0.0
+        depth[v] = d.reshape(H, W)
+        n = normal[v][yi, xi]
+        n[~inside] = 0.0
+        normal[v] = n.reshape(H, W, 3)
+    return rgba, depth, normal
