@@ -1,0 +1,317 @@
+"""Cross-view geometric consistency of one multi-view sample: the proof that it is truly 3D.
+
+Each view's depth (planar camera z, OpenCV, pixel centres at +0.5) is back-projected to world
+points, which are projected into every other view and compared with what that view saw:
+
+- occlusion-aware: a point behind the other view's surface by more than
+  ``occlusion_margin_rel`` of its depth is hidden there and not counted;
+- a visible point must land on the other view's surface (not its background, allowing a
+  ``silhouette_tolerance_px`` band at the outline) and agree with its depth;
+- reprojection error: the forward-backward cycle ``pixel in i -> world -> pixel in j ->
+  world (j's depth, interpolated) -> pixel in i``, in pixels of view i. It is ~0 for a
+  consistent sample and grows with any camera, depth or scale error;
+- per-view aggregation (pairs in which the view takes part) so one bad camera among 32
+  cannot hide in a median over all pairs;
+- alpha vs mesh: IoU of each view's alpha with the body mesh rebuilt from ``pose.npy`` and
+  rasterized with :func:`mousefacelift.meshraster.rasterize` (when the model is available).
+
+All defaults live in :class:`ConsistencyConfig`; pass/fail limits in :class:`Thresholds`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mousefacelift.cameras import Camera, undistort_normalized
+from mousefacelift.sample import MultiViewSample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsistencyConfig:
+    """How the cross-view check samples and classifies points."""
+
+    points_per_view: int = 3000          # random valid pixels back-projected per view (speed vs noise)
+    occlusion_margin_rel: float = 0.03   # behind the other surface by > 3 % of depth = occluded there
+    silhouette_tolerance_px: int = 1     # landing this close to the other view's outline is not a miss
+    alpha_threshold: int = 128           # alpha >= this counts as covered (0..255)
+    seed: int = 0                        # pixel subsampling is deterministic
+
+
+@dataclass
+class Thresholds:
+    """Pass/fail limits. Figures at 256² with exact cameras are an order of magnitude below
+    these (docs/bench_tools.md); a 0.5° camera error or a 1 % depth scale error exceeds them."""
+
+    reproj_px_median: float = 0.5        # median cycle error over all pairs, pixels
+    reproj_px_worst_view: float = 1.0    # worst per-view median cycle error, pixels
+    depth_rel_median: float = 0.005      # median |z_i - z_j| / z_j over visible points
+    conflict_frac_worst_view: float = 0.05   # share of visible-by-geometry points landing in front/off surface
+    depth_alpha_iou_min: float = 0.95    # per view, IoU(depth > 0, alpha >= threshold)
+    mesh_iou_min: float = 0.90           # per view, IoU(alpha, rasterized body mesh)
+
+    def override(self, assignments: list[str]) -> "Thresholds":
+        """Apply ``name=value`` strings (CLI ``--set``); unknown names are an error."""
+        d = asdict(self)
+        for a in assignments:
+            if "=" not in a:
+                raise ValueError(f"threshold override {a!r}: expected name=value")
+            k, v = a.split("=", 1)
+            if k not in d:
+                raise ValueError(f"unknown threshold {k!r}; known: {', '.join(d)}")
+            d[k] = float(v)
+        return Thresholds(**d)
+
+
+# -- camera maths ---------------------------------------------------------------------------
+def backproject(cam: Camera, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Pixel coordinates [N,2] (continuous, centres at +0.5) with planar depth z [N] -> world [N,3]."""
+    xn = (uv - cam.K[:2, 2]) / np.array([cam.fx, cam.fy])
+    if cam.dist is not None:
+        xn = undistort_normalized(xn, cam.dist)
+    pc = np.concatenate([xn * z[:, None], z[:, None]], axis=1)
+    R, t = cam.w2c[:3, :3], cam.w2c[:3, 3]
+    return (pc - t) @ R          # R^T (pc - t), row-vector form
+
+
+def sample_depth(depth: np.ndarray, uv: np.ndarray, max_spread: np.ndarray) -> np.ndarray:
+    """Depth at continuous pixel positions: bilinear where the 4 neighbours are all surface and
+    within ``max_spread`` of each other (no blending across edges), else the nearest pixel; 0
+    outside the image or on background."""
+    H, W = depth.shape
+    x = uv[:, 0] - 0.5
+    y = uv[:, 1] - 0.5
+    out = np.zeros(len(uv))
+    inside = (x > -0.5) & (y > -0.5) & (x < W - 0.5) & (y < H - 0.5)
+    if not inside.any():
+        return out
+    xi, yi = x[inside], y[inside]
+    xn = np.clip(np.rint(xi).astype(np.int64), 0, W - 1)
+    yn = np.clip(np.rint(yi).astype(np.int64), 0, H - 1)
+    near = depth[yn, xn].astype(np.float64)
+    x0 = np.clip(np.floor(xi).astype(np.int64), 0, W - 2)
+    y0 = np.clip(np.floor(yi).astype(np.int64), 0, H - 2)
+    fx = np.clip(xi - x0, 0, 1)
+    fy = np.clip(yi - y0, 0, 1)
+    d00, d01 = depth[y0, x0].astype(np.float64), depth[y0, x0 + 1].astype(np.float64)
+    d10, d11 = depth[y0 + 1, x0].astype(np.float64), depth[y0 + 1, x0 + 1].astype(np.float64)
+    quad = np.stack([d00, d01, d10, d11])
+    ok = (quad > 0).all(0) & (quad.max(0) - quad.min(0) <= max_spread[inside])
+    bil = (d00 * (1 - fx) + d01 * fx) * (1 - fy) + (d10 * (1 - fx) + d11 * fx) * fy
+    out[inside] = np.where(ok, bil, near)
+    return out
+
+
+def _min_filter(values: np.ndarray, r: int) -> np.ndarray:
+    """Minimum over the (2r+1)^2 neighbourhood (edges padded with +inf)."""
+    if r <= 0:
+        return values
+    H, W = values.shape
+    p = np.pad(values, r, constant_values=np.inf)
+    out = np.full_like(values, np.inf)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            np.minimum(out, p[dy:dy + H, dx:dx + W], out=out)
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+# -- the cross-view check --------------------------------------------------------------------
+@dataclass
+class ConsistencyReport:
+    """Figures of one sample; ``per_view`` lists the per-view aggregates."""
+
+    reproj_px_median: float
+    reproj_px_p90: float
+    reproj_px_worst_view: float
+    depth_abs_median: float              # world units
+    depth_rel_median: float
+    depth_mm_median: float | None
+    conflict_frac: float
+    conflict_frac_worst_view: float
+    depth_alpha_iou_min: float
+    points_tested: int
+    points_visible: int
+    worst_view: int
+    per_view: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | None = None) -> ConsistencyReport:
+    """Back-project every view's depth and test it against every other view (module docstring)."""
+    cfg = cfg or ConsistencyConfig()
+    if sample.depth is None:
+        raise ValueError(f"{sample.key}: no depth, the cross-view check needs it")
+    V = sample.num_views
+    if V < 2:
+        raise ValueError(f"{sample.key}: the cross-view check needs at least 2 views, got {V}")
+    rng = np.random.default_rng(cfg.seed)
+    depth = sample.depth.astype(np.float64)
+    cams = sample.cameras
+    alpha_ok = sample.rgba[..., 3] >= cfg.alpha_threshold
+    surface = depth > 0
+    m = cfg.occlusion_margin_rel
+    nearest_surface = np.stack([_min_filter(np.where(surface[j], depth[j], np.inf), cfg.silhouette_tolerance_px)
+                                for j in range(V)])
+    depth_alpha_iou = [iou(surface[j], alpha_ok[j]) for j in range(V)]
+
+    # per view: sampled pixel centres, their world points
+    src = []
+    for i in range(V):
+        ys, xs = np.nonzero(surface[i])
+        if len(ys) > cfg.points_per_view:
+            pick = rng.choice(len(ys), cfg.points_per_view, replace=False)
+            ys, xs = ys[pick], xs[pick]
+        uv = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float64)
+        z = depth[i][ys, xs]
+        src.append((uv, backproject(cams[i], uv, z)))
+
+    errs = [[] for _ in range(V)]            # cycle errors of pairs involving the view
+    rels = [[] for _ in range(V)]
+    tested = np.zeros(V, np.int64)
+    conflicts = np.zeros(V, np.int64)
+    all_err, all_abs, all_rel = [], [], []
+    total_tested = total_visible = total_conflict = 0
+    for i in range(V):
+        uv_i, X = src[i]
+        if len(X) == 0:
+            continue
+        for j in range(V):
+            if j == i:
+                continue
+            cj = cams[j]
+            uv_j, z_j = cj.project(X)
+            H, W = depth[j].shape
+            inframe = (z_j > 0) & (uv_j[:, 0] >= 0) & (uv_j[:, 1] >= 0) & (uv_j[:, 0] < W) & (uv_j[:, 1] < H)
+            if not inframe.any():
+                continue
+            uv_jf, z_jf = uv_j[inframe], z_j[inframe]
+            d = sample_depth(depth[j], uv_jf, max_spread=m * z_jf)
+            col = np.clip(uv_jf[:, 0].astype(np.int64), 0, W - 1)
+            row = np.clip(uv_jf[:, 1].astype(np.int64), 0, H - 1)
+            hidden = (d > 0) & (z_jf > d * (1 + m))
+            # in front of every surface j saw near there (or only background near there)
+            conflict = ~hidden & (z_jf < nearest_surface[j][row, col] * (1 - m))
+            visible = (d > 0) & (np.abs(z_jf - d) <= m * d)
+            n_test = int((~hidden).sum())
+            n_conf = int(conflict.sum())
+            tested[i] += n_test
+            tested[j] += n_test
+            conflicts[i] += n_conf
+            conflicts[j] += n_conf
+            total_tested += n_test
+            total_conflict += n_conf
+            if not visible.any():
+                continue
+            # forward-backward: j's surface point at uv_j, back into view i
+            Xb = backproject(cj, uv_jf[visible], d[visible])
+            uv_back, _ = cams[i].project(Xb)
+            e = np.linalg.norm(uv_back - uv_i[inframe][visible], axis=1)
+            absd = np.abs(z_jf[visible] - d[visible])
+            rel = absd / d[visible]
+            errs[i].append(e)
+            errs[j].append(e)
+            rels[i].append(rel)
+            rels[j].append(rel)
+            all_err.append(e)
+            all_abs.append(absd)
+            all_rel.append(rel)
+            total_visible += int(visible.sum())
+
+    if not all_err:
+        raise ValueError(f"{sample.key}: no point of any view is visible in another view; "
+                         "cameras and depth do not describe one subject")
+    e = np.concatenate(all_err)
+    per_view = []
+    for v in range(V):
+        ev = np.concatenate(errs[v]) if errs[v] else np.array([np.nan])
+        rv = np.concatenate(rels[v]) if rels[v] else np.array([np.nan])
+        per_view.append({"view": v, "reproj_px_median": float(np.median(ev)), "depth_rel_median": float(np.median(rv)),
+                         "conflict_frac": float(conflicts[v] / tested[v]) if tested[v] else float("nan"),
+                         "depth_alpha_iou": depth_alpha_iou[v]})
+    view_err = np.array([p["reproj_px_median"] for p in per_view])
+    view_conf = np.array([p["conflict_frac"] for p in per_view])
+    worst = int(np.nanargmax(view_err))
+    mm = sample.meta.get("mm_per_unit")
+    abs_med = float(np.median(np.concatenate(all_abs)))
+    return ConsistencyReport(
+        reproj_px_median=float(np.median(e)), reproj_px_p90=float(np.percentile(e, 90)),
+        reproj_px_worst_view=float(np.nanmax(view_err)),
+        depth_abs_median=abs_med, depth_rel_median=float(np.median(np.concatenate(all_rel))),
+        depth_mm_median=abs_med * float(mm) if mm else None,
+        conflict_frac=total_conflict / max(total_tested, 1),
+        conflict_frac_worst_view=float(np.nanmax(view_conf)) if np.isfinite(view_conf).any() else 0.0,
+        depth_alpha_iou_min=float(min(depth_alpha_iou)),
+        points_tested=total_tested, points_visible=total_visible, worst_view=worst, per_view=per_view)
+
+
+# -- alpha vs the body mesh ------------------------------------------------------------------
+def body_model_name(meta: dict) -> str | None:
+    """The body model a mouse sample was posed with, as recorded by ``synth.compose``."""
+    for path in (("body_model",), ("body", "model"), ("body", "name"), ("pose", "model")):
+        d: Any = meta
+        for k in path:
+            d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(d, str) and d:
+            return d
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(name: str):
+    from mousefacelift.body import load_body_model   # helper-owned; import lazily (torch, assets)
+
+    return load_body_model(name)
+
+
+def rebuild_mesh(sample: MultiViewSample) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """World-space vertices and faces of a mouse sample's body, or (None, None, why not)."""
+    if sample.meta.get("source") != "mouse":
+        return None, None, f"source is {sample.meta.get('source')!r}: no body model to compare with"
+    name = body_model_name(sample.meta)
+    if name is None:
+        return None, None, "meta names no body model (body_model / body.model)"
+    if "pose" not in sample.arrays:
+        return None, None, "no pose.npy member"
+    norm = sample.meta.get("normalization")
+    if not isinstance(norm, dict) or "center" not in norm or "scale" not in norm:
+        return None, None, "meta.normalization {center, scale} missing"
+    try:
+        from mousefacelift.body import PoseParams
+        model = _load_model(name)
+    except ImportError as e:
+        return None, None, f"body module not importable ({e})"
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        return None, None, f"body model {name!r} not available ({e})"
+    try:
+        params = PoseParams.from_array(model, np.asarray(sample.arrays["pose"]).reshape(1, -1))
+        out = model.pose(params)
+    except Exception as e:  # a malformed pose array is a sample error worth reporting verbatim
+        return None, None, f"pose.npy does not fit model {name!r} ({type(e).__name__}: {e})"
+    verts = out.vertices[0].detach().cpu().numpy().astype(np.float64)
+    world = (verts - np.asarray(norm["center"], dtype=np.float64)) * float(norm["scale"])
+    return world, np.asarray(model.faces), ""
+
+
+def mesh_alpha_iou(sample: MultiViewSample, vertices: np.ndarray, faces: np.ndarray,
+                   cfg: ConsistencyConfig | None = None) -> list[float]:
+    """Per-view IoU between the alpha mask and the rasterized mesh silhouette."""
+    from mousefacelift.meshraster import rasterize
+
+    cfg = cfg or ConsistencyConfig()
+    out = []
+    for v, cam in enumerate(sample.cameras):
+        _, _, mask = rasterize(vertices, faces, cam.K, cam.w2c, cam.width, cam.height)
+        out.append(iou(mask, sample.rgba[v, ..., 3] >= cfg.alpha_threshold))
+    return out
