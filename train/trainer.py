@@ -1,0 +1,356 @@
+"""The training loop: one phase of ARCHITECTURE §4, on one CPU or under torchrun on many GPUs.
+
+Per optimiser step: ``grad_accum`` micro-batches (DDP gradient sync only on the last), bf16
+autocast on CUDA, then one decision taken identically on every rank (the loss flag is
+all-reduced and the gradient norm is computed after DDP's all-reduce): a step whose loss or
+gradient is not finite, or whose gradient norm exceeds ``spike_factor`` x the running median
+of recent accepted steps, is skipped (no optimiser update) and counted. Otherwise gradients
+are clipped to ``grad_clip`` and AdamW steps.
+
+Randomness inside a step is seeded from (seed, rank, step), and the data stream is a pure
+function of its position (train/data.py), so ``resume=true`` reproduces a straight run.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from mousefacelift import splat
+
+from . import checkpoint as ckpt
+from .data import eval_examples, make_train_loader, manifest_record
+from .evaluate import evaluate
+from .schedule import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+# -- setup helpers -------------------------------------------------------------------------
+def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda requested but no CUDA device is available")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def apply_freeze(model: torch.nn.Module, patterns) -> list[str]:
+    """Freeze parameters whose names match any glob in ``patterns``; a pattern matching nothing is an error."""
+    patterns = list(patterns or [])
+    names = [n for n, _ in model.named_parameters()]
+    frozen = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatch(n, pat)]
+        if not hits:
+            raise ValueError(f"phase.freeze pattern {pat!r} matches no parameter; names look like {names[:6]}")
+        frozen.extend(hits)
+    frozen_set = set(frozen)
+    for n, p in model.named_parameters():
+        if n in frozen_set:
+            p.requires_grad_(False)
+    return sorted(frozen_set)
+
+
+def freeze_patterns(phase_cfg) -> list[str]:
+    """phase.freeze globs plus ``{block_prefix}.{i}.*`` for the first ``freeze_first_blocks`` blocks."""
+    pats = [str(p) for p in (phase_cfg.get("freeze") or [])]
+    n = int(phase_cfg.get("freeze_first_blocks") or 0)
+    prefix = str(phase_cfg.get("block_prefix") or "blocks")
+    pats += [f"{prefix}.{i}.*" for i in range(n)]
+    return pats
+
+
+def _seed_step(seed: int, rank: int, step: int) -> None:
+    torch.manual_seed((seed * 1_000_003 + rank * 7919 + step) & 0x7FFFFFFF)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    """Runs one phase from a resolved config (see configs/train.yaml for every key)."""
+
+    def __init__(self, cfg):
+        from mousefacelift.models.gslrm import GSLRM
+        from .losses import compute_losses
+
+        self.compute_losses = compute_losses
+        self.cfg = cfg
+        self.rank, self.world, self.device = setup_distributed(str(cfg.device))
+        self.out_dir = Path(str(cfg.out_dir))
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.tcfg = cfg.train
+        self.steps = int(self.tcfg.steps)
+        self.accum = int(self.tcfg.grad_accum)
+        if self.steps <= 0 or self.accum <= 0:
+            raise ValueError(f"train.steps ({self.steps}) and train.grad_accum ({self.accum}) must be positive")
+        prec = str(cfg.precision)
+        if prec not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision is {prec!r}, expected auto, bf16 or fp32")
+        self.autocast = self.device.type == "cuda" and prec in ("auto", "bf16")
+        torch.manual_seed(int(cfg.seed))
+        self.model = GSLRM.from_config(cfg.model).to(self.device)
+
+        self.step = 0
+        self.consumed_batches = 0
+        self.stream_positions: dict[int, int] = {}
+        self.counters = {"skipped_nonfinite": 0, "skipped_spike": 0, "corrupt_samples": 0, "view_fallbacks": 0,
+                         "samples": 0}
+        self.grad_history: deque[float] = deque(maxlen=int(self.tcfg.skip.history))
+        resume_state = None
+        if bool(cfg.resume):
+            resume_state = ckpt.load_checkpoint(self.ckpt_dir / ckpt.LAST, what=f"resume=true in {self.out_dir}")
+            self.model.load_state_dict(resume_state["model"])
+            log.info("resuming %s from step %d", self.out_dir, resume_state["step"])
+        elif cfg.get("init_from"):
+            init = ckpt.load_checkpoint(str(cfg.init_from), what=f"init_from of phase {cfg.phase.name}")
+            missing, unexpected = self.model.load_state_dict(init["model"], strict=bool(cfg.phase.init_strict))
+            log.info("phase %s initialised from %s (step %s of phase %s); missing=%d unexpected=%d",
+                     cfg.phase.name, cfg.init_from, init.get("step"), init.get("phase"), len(missing), len(unexpected))
+        else:
+            log.info("phase %s starts from freshly initialised weights (init_from is null)", cfg.phase.name)
+
+        self.frozen = apply_freeze(self.model, freeze_patterns(cfg.phase))
+        if self.frozen:
+            log.info("froze %d parameter tensors (%s)", len(self.frozen), freeze_patterns(cfg.phase))
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps)
+        if resume_state is not None:
+            self._restore(resume_state)
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.writer = None
+        if self.rank == 0 and bool(self.tcfg.tensorboard):
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
+        self.eval_set = None
+        vs = cfg.data.view_sampling
+        log.info("view sampling: policy=%s, %d views (%d inputs), min input separation %.0f deg, max target "
+                 "distance %.0f deg; backgrounds %s; augmentation %s", vs.policy, vs.num_views, vs.num_input_views,
+                 vs.min_input_separation_deg, vs.max_target_distance_deg, list(cfg.data.backgrounds),
+                 "on" if cfg.data.augment.enabled else "off")
+
+    # -- state --------------------------------------------------------------------------
+    def _gather_positions(self) -> dict:
+        mine = dict(self.stream_positions)
+        if self.world > 1:
+            allp = [None] * self.world
+            dist.all_gather_object(allp, mine)
+            return {r: p for r, p in enumerate(allp)}
+        return {0: mine}
+
+    def state_dict(self) -> dict:
+        return {
+            "phase": str(self.cfg.phase.name), "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.rng_state(), "consumed_batches": self.consumed_batches,
+            "stream_positions": self._gather_positions(), "world_size": self.world,
+            "counters": dict(self.counters), "grad_history": list(self.grad_history),
+            "config": OmegaConf.to_container(self.cfg, resolve=True), "git_revision": ckpt.git_revision(),
+            "data_manifests": self._manifests(),
+        }
+
+    def _manifests(self) -> dict:
+        d = self.cfg.data
+        specs = [d.shards] if d.get("shards") is not None else [s.shards for s in (d.get("sets") or [])]
+        out = {}
+        for spec in specs:
+            spec = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
+            try:
+                out[str(spec)] = manifest_record(spec)
+            except (OSError, ValueError) as e:
+                out[str(spec)] = {"error": str(e)}
+        return out
+
+    def _restore(self, st: dict) -> None:
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.step = int(st["step"])
+        self.consumed_batches = int(st["consumed_batches"])
+        if int(st.get("world_size", 1)) != self.world:
+            log.warning("resuming with world size %d, checkpoint had %d: the data stream will not replay exactly",
+                        self.world, st.get("world_size"))
+        self.stream_positions = dict(st["stream_positions"].get(self.rank, {}))
+        self.counters.update(st["counters"])
+        self.grad_history.extend(st["grad_history"])
+        ckpt.set_rng_state(st["rng"])
+
+    def save(self) -> None:
+        state = self.state_dict()       # collective when world > 1: every rank calls it
+        if self.rank == 0:
+            path = ckpt.save_checkpoint(self.ckpt_dir / ckpt.LAST, state)
+            log.info("checkpoint step %d -> %s", self.step, path)
+
+    # -- one step -----------------------------------------------------------------------
+    def _forward_loss(self, batch: dict):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            gaussians = self.ddp(batch["input_rgb"], batch["input_K"], batch["input_c2w"])
+            H, W = batch["rgb"].shape[-2:]
+            out = splat.render(gaussians.float(), batch["K"], batch["c2w"], H, W, background=batch["background"])
+        total, parts = self.compute_losses(out, batch, self.cfg.loss, self.step)
+        return total.float(), parts, out
+
+    def _note_batch(self, batch: dict) -> None:
+        for rec in batch.get("corrupt", []):
+            self.counters["corrupt_samples"] += 1
+            log.warning("corrupt sample counted (shard %s, key %s): %s", rec.get("shard"), rec.get("key"),
+                        rec.get("reason"))
+        self.counters["view_fallbacks"] += int(batch["view_fallback"].sum())
+        self.counters["samples"] += int(batch["rgb"].shape[0])
+        for w, p in zip(batch["stream_worker"].tolist(), batch["stream_pos"].tolist()):
+            self.stream_positions[int(w)] = max(int(p), self.stream_positions.get(int(w), -1))
+        self.consumed_batches += 1
+
+    def train_step(self, loader_iter) -> dict:
+        _seed_step(int(self.cfg.seed), self.rank, self.step)
+        self.ddp.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        nonfinite = False
+        parts_sum: dict[str, float] = {}
+        last_batch = last_out = None
+        for micro in range(self.accum):
+            batch = next(loader_iter)
+            self._note_batch(batch)
+            batch = _to(batch, self.device)
+            sync = micro == self.accum - 1 or self.world == 1
+            ctx = self.ddp.no_sync() if (self.world > 1 and not sync) else _nullctx()
+            with ctx:
+                total, parts, out = self._forward_loss(batch)
+                if not torch.isfinite(total):
+                    nonfinite = True
+                (total / self.accum).backward()
+            for k, v in {**parts, "total": total}.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / self.accum
+            last_batch, last_out = batch, out
+        flag = torch.tensor([1.0 if nonfinite else 0.0], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.tcfg.grad_clip)))
+        skip = None
+        if flag.item() > 0 or not math.isfinite(grad_norm):
+            skip = "nonfinite"
+        elif len(self.grad_history) >= int(self.tcfg.skip.min_history):
+            med = float(np.median(self.grad_history))
+            if grad_norm > float(self.tcfg.skip.spike_factor) * med:
+                skip = "spike"
+        if skip:
+            self.counters[f"skipped_{skip}"] += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d skipped (%s): loss flag %s, grad norm %.4g", self.step, skip, flag.item() > 0, grad_norm)
+        else:
+            self.optimizer.step()
+            self.grad_history.append(grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        return {"parts": parts_sum, "grad_norm": grad_norm, "lr": lr, "skipped": skip,
+                "batch": last_batch, "out": last_out}
+
+    # -- loop ---------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.tcfg
+        loader = make_train_loader(cfg.data, int(cfg.seed), resume_positions=self.stream_positions,
+                                   consumed_batches=self.consumed_batches)
+        it = iter(loader)
+        if self.step >= self.steps:
+            log.info("phase %s already at step %d of %d: nothing to do", cfg.phase.name, self.step, self.steps)
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"train {cfg.phase.name}", disable=self.rank != 0,
+                   dynamic_ncols=True)
+        last_metrics: dict = {}
+        t0, s0 = time.time(), self.counters["samples"]
+        while self.step < self.steps:
+            res = self.train_step(it)
+            bar.update(1)
+            if self.rank == 0 and (self.step % int(t.log_every) == 0 or self.step == self.steps):
+                dt = max(time.time() - t0, 1e-9)
+                sps = (self.counters["samples"] - s0) * self.world / dt
+                t0, s0 = time.time(), self.counters["samples"]
+                self._log_scalars(res, sps)
+                bar.set_postfix(loss=f"{res['parts'].get('total', float('nan')):.4f}", gn=f"{res['grad_norm']:.3g}")
+            if self.writer is not None and int(t.image_every) > 0 and self.step % int(t.image_every) == 0:
+                self._log_images(res["batch"], res["out"], "train")
+            if int(t.eval_every) > 0 and (self.step % int(t.eval_every) == 0 or self.step == self.steps):
+                last_metrics = self.run_eval() or last_metrics
+            if self.step % int(t.ckpt_every) == 0 or self.step == self.steps:
+                self.save()
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+        summary = {"phase": str(cfg.phase.name), "step": self.step, **self.counters, **last_metrics}
+        log.info("phase %s finished at step %d: %s", cfg.phase.name, self.step,
+                 {k: v for k, v in summary.items() if k not in ("phase", "step")})
+        return summary
+
+    def _log_scalars(self, res: dict, sps: float) -> None:
+        skipped = self.counters["skipped_nonfinite"] + self.counters["skipped_spike"]
+        scal = {f"loss/{k}": v for k, v in res["parts"].items()}
+        scal.update({"train/grad_norm": res["grad_norm"], "train/lr": res["lr"], "train/samples_per_s": sps,
+                     "train/skip_rate": skipped / max(1, self.step),
+                     "data/corrupt_samples": self.counters["corrupt_samples"],
+                     "data/view_fallback_rate": self.counters["view_fallbacks"] / max(1, self.counters["samples"])})
+        log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in scal.items()))
+        if self.writer is not None:
+            for k, v in scal.items():
+                if math.isfinite(v):
+                    self.writer.add_scalar(k, v, self.step)
+
+    def _log_images(self, batch: dict, out, tag: str) -> None:
+        from .logging_utils import image_panel
+        self.writer.add_image(f"{tag}/views", image_panel(batch, out, int(self.cfg.data.view_sampling.num_input_views)),
+                              self.step, dataformats="HWC")
+
+    def run_eval(self) -> dict | None:
+        ecfg = self.cfg.eval
+        if ecfg.get("shards") is None:
+            return None
+        if self.eval_set is None:
+            self.eval_set = eval_examples(OmegaConf.to_container(ecfg.shards) if OmegaConf.is_config(ecfg.shards)
+                                          else ecfg.shards, self.cfg.data, int(self.cfg.seed),
+                                          max_samples=ecfg.get("max_samples"))
+        metrics, panel = evaluate(self.model, self.eval_set, self.cfg, self.device, autocast=self.autocast)
+        if self.rank == 0:
+            log.info("eval step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            if self.writer is not None:
+                for k, v in metrics.items():
+                    if math.isfinite(v):
+                        self.writer.add_scalar(f"eval/{k}", v, self.step)
+                if panel is not None:
+                    self.writer.add_image("eval/views", panel, self.step, dataformats="HWC")
+        return metrics
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
