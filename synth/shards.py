@@ -207,11 +207,14 @@ class ShardWriter:
     exception (or a kill) leaves no ``.tar``, only a temporary file that the next run removes.
 
     ``header`` is the dataset header stored in manifest.json (source, prefix,
-    samples_per_shard, seed, config, config_hash, generator).
+    samples_per_shard, seed, config, config_hash, generator); ``force`` lets it replace a
+    different header already there (``--force-config``) instead of raising ManifestMismatch.
     """
 
-    def __init__(self, out_dir: str | Path, index: int, *, prefix: str = "mouse", header: Mapping | None = None):
+    def __init__(self, out_dir: str | Path, index: int, *, prefix: str = "mouse", header: Mapping | None = None,
+                 force: bool = False):
         self.out_dir = Path(out_dir)
+        self.force = force
         self.index = int(index)
         self.prefix = prefix
         self.name = shard_name(prefix, self.index)
@@ -308,7 +311,7 @@ class ShardWriter:
         if actual != rec.bytes:   # pragma: no cover - would mean the file system lost data
             raise ShardError(f"{self.path}: {actual} bytes on disk but {rec.bytes} written")
         atomic_write_json(sidecar_path(self.path), rec.to_json())
-        merge_into_manifest(self.out_dir, rec, self.header)
+        merge_into_manifest(self.out_dir, rec, self.header, force=self.force)
         return rec
 
 
@@ -383,18 +386,20 @@ def merge_into_manifest(out_dir: str | Path, record: ShardRecord, header: Mappin
         return m
 
 
-def rebuild_manifest(out_dir: str | Path, header: Mapping | None = None, *, prefix: str | None = None) -> dict:
+def rebuild_manifest(out_dir: str | Path, header: Mapping | None = None, *, prefix: str | None = None,
+                     config_hash: str | None = None) -> dict:
     """Rebuild manifest.json from the sidecars of complete shards (under the lock).
 
     The header comes from ``header`` or else the existing manifest. Sidecars whose tar is
-    missing or has another size are left out (those shards are not complete).
+    missing or has another size are left out (those shards are not complete), and so are
+    sidecars written with another config when ``config_hash`` is given.
     """
     out = Path(out_dir)
     with manifest_lock(out):
         old = _load_manifest_file(out / MANIFEST_NAME) if (out / MANIFEST_NAME).exists() else {}
         hdr = dict(header) if header is not None else {k: old.get(k) for k in _HEADER_KEYS}
         m = _empty_manifest(hdr)
-        recs = complete_shards(out, prefix=prefix or hdr.get("prefix"))
+        recs = complete_shards(out, prefix=prefix or hdr.get("prefix"), config_hash=config_hash)
         for r in recs.values():
             r.skipped = [{**s, "shard": r.index} for s in r.skipped]
         m = _records_to_manifest(m, list(recs.values()))

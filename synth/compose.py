@@ -1,0 +1,235 @@
+"""Pose + coat + lights + rig -> SceneSpec for one pose index (no Blender needed).
+
+Determinism: everything about sample ``index`` is drawn from ``SeedSequence([seed, index])``
+alone (the pose sampler derives its own stream from the same pair), so the same index gives
+the same scene whatever batch, worker, shard split or cluster job it is composed in. The
+sequence is split into independent child streams (appearance, lighting, rig), so adding a
+random draw to one part never shifts the others.
+
+Normalisation (ARCHITECTURE §3): the posed mesh's bounding box is centred at the origin and
+its longest half-extent scaled to ``cfg.normalize.fill`` (< 1), so the subject lies inside
+[-1, 1]^3. ``meta["normalization"] = {"center", "scale"}`` records world = (model - center)
+* scale, and ``meta["mm_per_unit"] = model.mm_per_unit / scale`` keeps metric size.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, is_dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from mousefacelift.cameras import make_rig
+from mousefacelift.config import config_hash, configs_dir, to_container
+from mousefacelift.sample import SCHEMA
+from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for, materials_to_meta
+
+log = logging.getLogger(__name__)
+
+# Child streams of SeedSequence([seed, index]); the order is part of the data definition.
+STREAMS = ("appearance", "lighting", "rig")
+OPERATIONAL_KEYS = ("run",)     # config sections that do not change the data (excluded from the hash)
+
+
+# -- config helpers ------------------------------------------------------------------------
+def _plain(cfg: Any) -> Any:
+    return to_container(cfg) if cfg is not None else {}
+
+
+def quality_preset(name: str) -> dict:
+    """The renderer preset ``configs/quality/{name}.yaml`` as a dict (it shapes the data, so it
+    is part of the dataset config). Read here without importing the Blender backend."""
+    import yaml
+
+    path = configs_dir() / "quality" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        raise ValueError(f"quality {name!r}: no preset file {path} (known: {known})")
+    with open(path) as f:
+        return dict(yaml.safe_load(f) or {})
+
+
+def dataset_config(cfg: Any) -> dict:
+    """The part of the render config that defines the data: everything except ``run``, plus
+    the resolved quality preset and image size. Its hash is the dataset's ``config_hash``."""
+    c = dict(_plain(cfg))
+    for k in OPERATIONAL_KEYS:
+        c.pop(k, None)
+    preset = quality_preset(str(c.get("quality", "train")))
+    c["quality_preset"] = preset
+    c["image_size"] = int(c.get("resolution") or preset["resolution"])
+    return c
+
+
+def dataset_config_hash(cfg: Any) -> str:
+    return config_hash(dataset_config(cfg))
+
+
+def sample_key(index: int, source: str = "mouse") -> str:
+    return f"{source}_{int(index):09d}"
+
+
+def index_rng(seed: int, index: int) -> dict[str, np.random.Generator]:
+    """Independent generators for each part of sample ``index`` (see module docstring)."""
+    children = np.random.SeedSequence([int(seed), int(index)]).spawn(len(STREAMS))
+    return {name: np.random.default_rng(ss) for name, ss in zip(STREAMS, children)}
+
+
+def normalization(vertices: np.ndarray, fill: float) -> tuple[np.ndarray, float]:
+    """Centre of the bounding box and the scale that maps its longest half-extent to ``fill``."""
+    if not 0 < fill < 1:
+        raise ValueError(f"normalize.fill must lie in (0, 1) so the subject stays inside [-1,1]^3, got {fill}")
+    lo, hi = vertices.min(0).astype(np.float64), vertices.max(0).astype(np.float64)
+    half = float((hi - lo).max()) / 2
+    if not half > 0:
+        raise ValueError("posed mesh has zero extent; cannot normalise it into the cube")
+    return (lo + hi) / 2, fill / half
+
+
+def _json_safe(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _json_safe(asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    return obj
+
+
+# -- the composer --------------------------------------------------------------------------
+class MouseComposer:
+    """Holds what is expensive to build once per worker (body model, pose sampler, HDRI pool)
+    and composes any pose index into a SceneSpec."""
+
+    def __init__(self, model, cfg: Any):
+        from mousefacelift.body import PoseSampler
+
+        self.model = model
+        self.cfg = cfg
+        self.plain = _plain(cfg)
+        self.dataset_config = dataset_config(cfg)
+        self.config_hash = config_hash(self.dataset_config)
+        self.sampler = PoseSampler(model, self.plain.get("pose") or None)
+        self.size = int(self.dataset_config["image_size"])
+        self._appearance = _appearance_api(self.plain.get("appearance") or {})
+        self._lighting = _lighting_api(self.plain.get("lighting") or {})
+
+    def compose(self, index: int, seed: int | None = None) -> SceneSpec:
+        index = int(index)
+        if index < 0:
+            raise ValueError(f"pose index must be >= 0, got {index}")
+        seed = int(self.plain.get("seed", 0) if seed is None else seed)
+        model, plain = self.model, self.plain
+        rngs = index_rng(seed, index)
+
+        batch = self.sampler.sample(indices=np.array([index]), seed=seed)
+        with torch.no_grad():
+            out = model.pose(batch.params)
+        verts = out.vertices[0].detach().cpu().numpy().astype(np.float64)
+        joints = out.joints[0].detach().cpu().numpy().astype(np.float64)
+        kps = out.keypoints[0].detach().cpu().numpy().astype(np.float64)
+        center, scale = normalization(verts, float(plain["normalize"]["fill"]))
+        to_world = lambda x: ((x - center) * scale).astype(np.float32)   # noqa: E731
+        wverts = to_world(verts)
+
+        materials, appearance_meta = self._appearance(rngs["appearance"], list(model.region_names))
+        environment, area_lights, lighting_meta = self._lighting(rngs["lighting"])
+
+        rig = plain["rig"]
+        cams = make_rig(str(rig["name"]), size=self.size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]),
+                        seed=rngs["rig"], min_elevation_deg=float(rig["min_elevation_deg"]),
+                        ring_elevation_deg=float(rig["ring_elevation_deg"]))
+        lo, hi = wverts.min(0), wverts.max(0)
+        cams = depth_range_for(cams, lo, hi, margin=float(plain["depth_margin"]))
+
+        uv = None
+        if getattr(model, "uvs", None) is not None and getattr(model, "faces_uv", None) is not None:
+            uv = np.asarray(model.uvs, np.float32)[np.asarray(model.faces_uv)]
+        mesh = MeshSpec(vertices=wverts, faces=np.asarray(model.faces), face_region=np.asarray(model.face_regions),
+                        regions=list(model.region_names), materials=materials, uv=uv, name="mouse")
+
+        J, P = len(joints), len(kps)
+        pose_meta = {"family": str(batch.family[0]), "attempts": int(batch.attempts[0]),
+                     "forced": bool(batch.forced[0]), "params_layout": {
+                         k: [s.start, s.stop] for k, s in type(batch.params).layout(model).items()}}
+        source = str(plain.get("source", "mouse"))
+        gen = plain.get("generator") or {}
+        meta = {
+            "schema": SCHEMA, "source": source, "index": index, "seed": seed,
+            "seed_derivation": "numpy SeedSequence([seed, index]).spawn(3) -> appearance, lighting, rig; "
+                               "pose: PoseSampler.sample(indices=[index], seed=seed)",
+            "generator": {"name": gen.get("name", "synth.render"), "version": gen.get("version", 1)},
+            "config_hash": self.config_hash,
+            "body_model": getattr(model, "name", "?"),
+            "mm_per_unit": float(model.mm_per_unit) / scale,
+            "normalization": {"center": [float(x) for x in center], "scale": float(scale)},
+            "pose": pose_meta,
+            "appearance": _json_safe(appearance_meta),
+            "lighting": _json_safe(lighting_meta),
+            "rig": str(rig["name"]),
+            "joints_layout": {"joints": [0, J], "keypoints": [J, J + P],
+                              "keypoint_names": list(getattr(model, "keypoint_names", [])),
+                              "units": "world (normalised)"},
+        }
+        scene = SceneSpec(meshes=[mesh], cameras=cams, environment=environment, area_lights=list(area_lights),
+                          meta=meta, arrays={"joints": np.concatenate([to_world(joints), to_world(kps)]),
+                                             "pose": np.asarray(batch.params.to_array()[0], np.float32)},
+                          key=sample_key(index, source))
+        return scene.validate()
+
+
+def compose_mouse(index: int, seed: int, model, cfg: Any) -> SceneSpec:
+    """One-off convenience: build a composer and compose ``index`` (workers keep a MouseComposer)."""
+    return MouseComposer(model, cfg).compose(index, seed)
+
+
+# -- adapters to synth.appearance / synth.lighting (helper 2's modules) -----------------------
+def _appearance_api(cfg: Mapping):
+    """``(rng, region_names) -> (materials {region: MaterialSpec}, meta dict)``."""
+    from synth import appearance
+
+    sampler = appearance.CoatSampler(cfg) if hasattr(appearance, "CoatSampler") else None
+
+    def sample(rng: np.random.Generator, regions: list[str]):
+        if sampler is not None:
+            coat = sampler.sample(rng, regions)
+        else:
+            coat = appearance.sample_coat(rng, regions, cfg)
+        if isinstance(coat, tuple):
+            materials, meta = coat
+        else:
+            materials = coat.materials
+            meta = coat.to_meta() if hasattr(coat, "to_meta") else {"family": getattr(coat, "family", None)}
+        meta = dict(meta)
+        meta.setdefault("materials", materials_to_meta(materials))
+        return materials, meta
+
+    return sample
+
+
+def _lighting_api(cfg: Mapping):
+    """``rng -> (EnvironmentSpec, [AreaLightSpec], meta dict)``."""
+    from synth import lighting
+
+    sampler = lighting.LightingSampler(cfg) if hasattr(lighting, "LightingSampler") else None
+
+    def sample(rng: np.random.Generator):
+        res = sampler.sample(rng) if sampler is not None else lighting.sample_lighting(rng, cfg)
+        if isinstance(res, tuple):
+            env, lights, meta = res
+        else:
+            env, lights = res.environment, res.area_lights
+            meta = res.to_meta() if hasattr(res, "to_meta") else {}
+        meta = dict(meta)
+        meta.setdefault("environment", _json_safe(env))
+        meta.setdefault("area_lights", _json_safe(lights))
+        return env, lights, meta
+
+    return sample

@@ -1,0 +1,349 @@
+"""``python -m synth.render --poses N``: random-pose, HDR-lit multi-view mouse renders -> shards.
+
+Work unit = shard k (pose indices [k*S, min((k+1)*S, N))). Shards are split over cluster
+jobs (k % num_jobs == job) and then, dynamically, over local worker processes, each
+holding one Blender scene and recycled every K poses. Re-running the same command renders
+only the shards that are not complete; a folder made with another config is refused
+unless ``--force-config``. Every pose index draws its randomness from (seed, index) only,
+so the output does not depend on how the work was split.
+
+Examples::
+
+    python -m synth.render --poses 8 --quality preview          # a quick look, ./shards
+    python -m synth.render --poses 100000 --workers 8 --out /data/mouse
+    sbatch --array=0-99 --wrap "python -m synth.render --poses 100000 --out /data/mouse"
+    python -m synth.render --poses 64 rig.radius=3.0 lighting.strength_range=[0.5,2]   # hydra overrides
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("synth.render")
+
+
+class RenderError(RuntimeError):
+    """A bad input or a failed run; printed as one clear message, exit status 2."""
+
+
+# -- command line ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m synth.render",
+        description="Render randomly posed, HDR-lit multi-view mice into WebDataset shards (mfl-sample/1). "
+                    "Extra KEY=VALUE arguments are hydra overrides of configs/render.yaml.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--poses", type=int, help="number of pose indices N (0..N-1) [config run.poses]")
+    p.add_argument("--out", help="output folder [config run.out]")
+    p.add_argument("--workers", type=int, help="local worker processes, one Blender scene each [run.workers]")
+    p.add_argument("--num-shards", "--num-jobs", dest="num_jobs", type=int,
+                   help="split the shard list into this many cluster jobs (default: SLURM_ARRAY_TASK_COUNT, "
+                        "JOB_COMPLETIONS, or 1)")
+    p.add_argument("--shard-index", "--job-index", dest="job_index", type=int,
+                   help="which part this job renders (default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)")
+    p.add_argument("--model", help="body model: 'procedural' (built in) or a MAMMAL model folder [model]")
+    p.add_argument("--seed", type=int, help="base seed [seed]")
+    p.add_argument("--quality", help="preview | train | final (configs/quality/) [quality]")
+    p.add_argument("--resolution", type=int, help="square image size in pixels (default: the quality preset's)")
+    p.add_argument("--samples", type=int, help="Cycles samples per pixel (default: the quality preset's)")
+    p.add_argument("--rig", help="camera rig: a configs/rig/ name or any make_rig spec (sphere32, mv6, sphere26+mv6)")
+    p.add_argument("--samples-per-shard", type=int, help="poses per shard S [samples_per_shard]")
+    p.add_argument("--recycle-every", type=int, help="restart a worker after this many poses [run.recycle_every]")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="Cycles device [run.device]")
+    p.add_argument("--threads", type=int, help="Cycles threads per worker; 0 = cores / workers [run.threads]")
+    p.add_argument("--force-config", action="store_true",
+                   help="accept a config that differs from the output folder's manifest: its shards are re-rendered")
+    p.add_argument("--dry-run", action="store_true", help="validate inputs and print the plan, render nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("overrides", nargs="*", help="hydra overrides KEY=VALUE of configs/render.yaml")
+    return p
+
+
+def _rig_override(name: str) -> str:
+    from mousefacelift.config import configs_dir
+
+    file_name = name.replace("+", "_")
+    if (configs_dir() / "rig" / f"{file_name}.yaml").is_file():
+        return f"rig={file_name}"
+    return f"rig.name={name}"
+
+
+def overrides_from_args(a: argparse.Namespace) -> list[str]:
+    """Flags -> hydra overrides (flags first, so free KEY=VALUE arguments win)."""
+    ov: list[str] = []
+    if a.rig is not None:
+        ov.append(_rig_override(a.rig))
+    simple = {"poses": "run.poses", "out": "run.out", "workers": "run.workers", "model": "model", "seed": "seed",
+              "quality": "quality", "resolution": "resolution", "samples": "samples",
+              "samples_per_shard": "samples_per_shard", "recycle_every": "run.recycle_every",
+              "device": "run.device", "threads": "run.threads", "num_jobs": "run.num_jobs", "job_index": "run.job_index"}
+    for attr, key in simple.items():
+        v = getattr(a, attr)
+        if v is not None:
+            ov.append(f"{key}={_quote(v)}")
+    for o in a.overrides:
+        if "=" not in o:
+            raise RenderError(f"argument {o!r}: expected a KEY=VALUE config override (see configs/render.yaml)")
+        ov.append(o)
+    return ov
+
+
+def _quote(v) -> str:
+    s = str(v)
+    if isinstance(v, str) and any(c in s for c in " ,[]{}=:'\"\\") or s == "":
+        return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return s
+
+
+# -- validation ------------------------------------------------------------------------------
+def validate_config(cfg) -> None:
+    """Clear errors for impossible values before any work starts (names the key and the value)."""
+    from mousefacelift.cameras import make_rig
+    from synth.compose import quality_preset
+
+    run = cfg["run"]
+    checks = [("run.poses (--poses)", run["poses"], 1), ("samples_per_shard (--samples-per-shard)", cfg["samples_per_shard"], 1),
+              ("run.workers (--workers)", run["workers"], 1), ("run.recycle_every (--recycle-every)", run["recycle_every"], 1)]
+    for name, value, lo in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise RenderError(f"{name} must be an integer >= {lo}, got {value!r}")
+    for name in ("resolution", "samples"):
+        v = cfg.get(name)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise RenderError(f"{name} must be a positive integer or null, got {v!r}")
+    try:
+        quality_preset(str(cfg["quality"]))
+    except ValueError as e:
+        raise RenderError(f"--quality: {e}") from None
+    try:
+        make_rig(str(cfg["rig"]["name"]), size=8, radius=float(cfg["rig"]["radius"]), fov_deg=float(cfg["rig"]["fov_deg"]))
+    except ValueError as e:
+        raise RenderError(f"--rig: {e}") from None
+    m = str(cfg["model"])
+    if m not in ("procedural", "mammal") and not Path(m).expanduser().is_dir():
+        raise RenderError(f"--model {m!r}: not 'procedural' and not an existing folder (expected the MAMMAL mouse "
+                          "model folder holding mouse.pkl and mouse_txt/)")
+
+
+def _device_threads(run: dict) -> int:
+    t = int(run.get("threads") or 0)
+    if t > 0:
+        return t
+    return max(1, (os.cpu_count() or 1) // max(1, int(run["workers"])))
+
+
+# -- the run ---------------------------------------------------------------------------------
+def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = logging.INFO) -> dict:
+    """Render the shards this job owns that are not complete yet. Returns a summary dict."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from mousefacelift.config import to_container
+    from synth import shards as S
+    from synth import workers as W
+    from synth.compose import MouseComposer, dataset_config
+
+    plain = to_container(cfg)
+    validate_config(plain)
+    run_cfg = plain["run"]
+    N, Ssz = int(run_cfg["poses"]), int(plain["samples_per_shard"])
+    try:
+        slot = W.resolve_job(run_cfg.get("num_jobs"), run_cfg.get("job_index"))
+    except ValueError as e:
+        raise RenderError(f"cluster partitioning: {e}") from None
+
+    # Compose one scene in the parent: loads the body model, the pose sampler, the coat and
+    # the HDRI pool, so a bad model folder / HDR folder stops here, before any worker starts.
+    from mousefacelift.body import load_body_model
+    try:
+        model = load_body_model(plain["model"])
+        composer = MouseComposer(model, plain)
+        composer.compose(0)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError) as e:
+        raise RenderError(f"cannot prepare the scene: {type(e).__name__}: {e}") from None
+    dcfg = dataset_config(plain)
+    chash = composer.config_hash
+    header = {"source": plain["source"], "prefix": plain["prefix"], "samples_per_shard": Ssz, "seed": int(plain["seed"]),
+              "config": dcfg, "config_hash": chash, "generator": dict(plain["generator"])}
+
+    out = Path(str(run_cfg["out"])).expanduser()
+    try:
+        S.check_writable_dir(out)
+    except S.ShardError as e:
+        raise RenderError(str(e)) from None
+    S.clean_stale_tmp(out, stale_after_s=float(run_cfg["stale_tmp_hours"]) * 3600)
+
+    mine = W.job_shards(N, Ssz, slot.num_jobs, slot.job_index)
+    existing = S.complete_shards(out, prefix=plain["prefix"])
+    other = sorted(k for k, r in existing.items() if r.config_hash != chash)
+    try:
+        if (out / S.MANIFEST_NAME).exists():
+            S.check_header(S.read_manifest(out), header, str(out / S.MANIFEST_NAME))
+        if other:
+            raise S.ManifestMismatch(f"{out}: shards {other[:5]}{'...' if len(other) > 5 else ''} were rendered with "
+                                     f"another config (this run's config_hash is {chash}); use another --out folder, "
+                                     "or --force-config to re-render them with the new config")
+    except S.ManifestMismatch as e:
+        if not force:
+            raise RenderError(str(e)) from None
+        log.warning("--force-config: %s", e)
+        S.rebuild_manifest(out, header, prefix=plain["prefix"], config_hash=chash)
+    except S.ShardError as e:
+        raise RenderError(str(e)) from None
+
+    def complete(k: int) -> bool:
+        r = existing.get(k)
+        return r is not None and r.config_hash == chash and r.samples + len(r.skipped) == len(W.shard_indices(k, N, Ssz))
+
+    todo = [k for k in mine if not complete(k)]
+    todo_poses = sum(len(W.shard_indices(k, N, Ssz)) for k in todo)
+    workers = max(1, min(int(run_cfg["workers"]), len(todo)))
+    threads = _device_threads(run_cfg)
+    log.info("%s: %d poses in %d shards of %d; this job (%s: %d of %d) owns %d shards, %d already complete, "
+             "%d to render (%d poses) with %d worker(s) x %d thread(s); quality %s, %dpx, rig %s, config %s",
+             out, N, W.num_shards(N, Ssz), Ssz, slot.origin, slot.job_index, slot.num_jobs, len(mine),
+             len(mine) - len(todo), len(todo), todo_poses, workers, threads, plain["quality"], dcfg["image_size"],
+             plain["rig"]["name"], chash)
+    summary = {"out": str(out), "config_hash": chash, "job": slot.job_index, "num_jobs": slot.num_jobs,
+               "shards_owned": len(mine), "shards_todo": len(todo), "poses_todo": todo_poses, "rendered_shards": [],
+               "seconds": 0.0}
+    if dry_run or not todo:
+        if not todo:
+            log.info("nothing to do: every shard of this job is complete")
+        return summary
+
+    pool = _Pool(todo, workers, dict(cfg=plain, out_dir=str(out), poses=N, header=header,
+                                     recycle_every=int(run_cfg["recycle_every"]), threads=threads,
+                                     device=str(run_cfg["device"]), force=force, log_level=log_level))
+    t0 = time.perf_counter()
+    try:
+        with logging_redirect_tqdm(), tqdm(total=todo_poses, unit="pose", desc="render", dynamic_ncols=True,
+                                          file=sys.stderr, smoothing=0.1) as bar:
+            pool.run(bar)
+    except KeyboardInterrupt:
+        raise RenderError("interrupted; finished shards are intact, re-run the same command to resume") from None
+    finally:
+        pool.stop()
+    if pool.fatal is not None:
+        raise RenderError(f"{pool.fatal}\nFinished shards in {out} are intact; fix the problem and re-run the same "
+                          "command to render only what is missing")
+    summary["seconds"] = time.perf_counter() - t0
+    summary["rendered_shards"] = sorted(pool.names)
+    m = S.read_manifest(out)
+    log.info("done: %d shards (%d poses) in %.1f s (%.3f poses/s); manifest %s lists %d shards",
+             len(pool.finished), todo_poses, summary["seconds"], todo_poses / max(summary["seconds"], 1e-9),
+             out / S.MANIFEST_NAME, len(m["shards"]))
+    return summary
+
+
+class _Pool:
+    """Local worker processes pulling shard indices from one queue (dynamic load balancing).
+
+    A worker that exits normally (recycled after K poses, or no work left) is replaced while
+    shards remain; one that dies mid-shard has that shard queued again once; a second failure,
+    or a fatal error (bad input, disk full), stops the run."""
+
+    def __init__(self, todo: list[int], workers: int, worker_kwargs: dict):
+        from synth import workers as W
+
+        self.W = W
+        self.ctx = mp.get_context("spawn")
+        self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue()
+        for k in todo:
+            self.tasks.put(k)
+        self.todo = list(todo)
+        self.kw = worker_kwargs
+        self.procs: list = [None] * workers
+        self.current: list = [None] * workers     # shard index each slot is rendering
+        self.slot_of: dict[int, int] = {}
+        self.finished: set[int] = set()
+        self.names: list[str] = []
+        self.retries: dict[int, int] = {}
+        self.fatal: str | None = None
+        self.next_id = 0
+        self.bar = None
+
+    def spawn(self, i: int) -> None:
+        wid = self.next_id
+        self.next_id += 1
+        self.slot_of[wid] = i
+        self.current[i] = None
+        self.procs[i] = self.W.start_worker(self.ctx, self.W.WorkerArgs(worker_id=wid, **self.kw), self.tasks, self.results)
+
+    def handle(self, msg: tuple) -> None:
+        kind, wid = msg[0], msg[1]
+        i = self.slot_of.get(wid)
+        if kind == "start":
+            self.current[i] = msg[2]
+        elif kind == "pose":
+            self.bar.update(1)
+        elif kind == "shard":
+            k, rec, secs = msg[2], msg[3], msg[4]
+            self.finished.add(k)
+            self.current[i] = None
+            self.names.append(rec["name"])
+            skipped = f" ({len(rec['skipped'])} skipped)" if rec["skipped"] else ""
+            log.info("shard %s: %d samples%s, %.2f MB, %.1f s", rec["name"], rec["samples"], skipped,
+                     rec["bytes"] / 1e6, secs)
+        elif kind == "error":
+            _, _, k, text, is_fatal, tb = msg
+            log.debug("worker %d traceback:\n%s", wid, tb)
+            if is_fatal:
+                self.fatal = self.fatal or text
+            else:
+                log.error("worker %d failed on shard %s: %s", wid, k, text)
+
+    def run(self, bar) -> None:
+        self.bar = bar
+        for i in range(len(self.procs)):
+            self.spawn(i)
+        while len(self.finished) < len(self.todo) and self.fatal is None:
+            for msg in self.W.drain(self.results, timeout=0.5):
+                self.handle(msg)
+            for i, p in enumerate(self.procs):
+                if self.fatal is not None or p is None or p.is_alive():
+                    continue
+                p.join()
+                for msg in self.W.drain(self.results, timeout=0.2):   # late messages of the dead worker
+                    self.handle(msg)
+                if self.fatal is not None:
+                    break
+                k, self.procs[i], self.current[i] = self.current[i], None, None
+                if k is not None and k not in self.finished:
+                    self.retries[k] = self.retries.get(k, 0) + 1
+                    if self.retries[k] > 1:
+                        self.fatal = f"shard {k} failed twice (last worker exit code {p.exitcode}); see the log above"
+                        break
+                    log.warning("a worker exited (code %s) during shard %d; rendering it again", p.exitcode, k)
+                    self.tasks.put(k)
+                busy = sum(1 for c in self.current if c is not None)
+                if len(self.finished) + busy < len(self.todo):
+                    self.spawn(i)
+
+    def stop(self) -> None:
+        self.W.stop_workers(self.procs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    level = logging.DEBUG if a.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    from mousefacelift.config import ConfigError, compose
+
+    try:
+        cfg = compose("render", overrides_from_args(a))
+        run(cfg, force=a.force_config, dry_run=a.dry_run, log_level=level)
+    except (RenderError, ConfigError) as e:
+        print(f"synth.render: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

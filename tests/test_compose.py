@@ -1,0 +1,108 @@
+"""synth.compose: pose + coat + lights + rig -> SceneSpec, deterministic per (seed, index)."""
+import numpy as np
+import pytest
+
+from mousefacelift.config import compose, to_container
+from mousefacelift.sample import SCHEMA
+from synth import compose as C
+
+pytest.importorskip("synth.appearance")
+pytest.importorskip("synth.lighting")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mousefacelift.body import load_body_model
+    return load_body_model("procedural")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return to_container(compose("render", ["rig=mv6", "resolution=32", "seed=7"]))
+
+
+def _scene_arrays(s):
+    return {"vertices": s.meshes[0].vertices, "joints": s.arrays["joints"], "pose": s.arrays["pose"],
+            "w2c": np.stack([c.w2c for c in s.cameras]), "K": np.stack([c.K for c in s.cameras]),
+            "depth_range": np.array([c.depth_range for c in s.cameras])}
+
+
+def test_same_seed_and_index_give_identical_scenes_whatever_came_before(model, cfg):
+    a = C.MouseComposer(model, cfg)
+    first = a.compose(5)
+    b = C.MouseComposer(model, cfg)
+    for i in (0, 1, 2, 9):          # other indices composed first must not matter
+        b.compose(i)
+    second = b.compose(5)
+    for name, x in _scene_arrays(first).items():
+        np.testing.assert_array_equal(x, _scene_arrays(second)[name], err_msg=name)
+    assert first.meta == second.meta and first.key == second.key == "mouse_000000005"
+    assert first.meshes[0].materials == second.meshes[0].materials
+    assert first.environment == second.environment and first.area_lights == second.area_lights
+    # another seed or index gives another scene
+    other = a.compose(6)
+    assert not np.array_equal(other.arrays["pose"], first.arrays["pose"])
+    reseeded = a.compose(5, seed=8)
+    assert not np.array_equal(reseeded.arrays["pose"], first.arrays["pose"])
+
+
+def test_pose_matches_the_sampler_in_any_batch(model, cfg):
+    from mousefacelift.body import PoseSampler
+
+    s = C.MouseComposer(model, cfg).compose(3)
+    batch = PoseSampler(model, cfg["pose"]).sample(indices=np.arange(0, 6), seed=cfg["seed"])
+    np.testing.assert_array_equal(s.arrays["pose"], batch.params.to_array()[3])
+    assert s.meta["pose"]["family"] == batch.family[3]
+
+
+def test_normalised_into_the_cube_with_metric_scale(model, cfg):
+    comp = C.MouseComposer(model, cfg)
+    fill = cfg["normalize"]["fill"]
+    for idx in range(4):
+        s = comp.compose(idx).validate()
+        v = s.meshes[0].vertices
+        lo, hi = v.min(0), v.max(0)
+        assert np.all(np.abs(v) <= fill + 1e-5)
+        np.testing.assert_allclose((lo + hi) / 2, 0, atol=1e-5)
+        assert abs((hi - lo).max() / 2 - fill) < 1e-5
+        # world = (model - center) * scale, and mm_per_unit keeps the metric size
+        from mousefacelift.body import PoseParams
+        out = model.pose(PoseParams.from_array(model, s.arrays["pose"]))
+        n = s.meta["normalization"]
+        rebuilt = (out.vertices[0].numpy() - np.array(n["center"])) * n["scale"]
+        np.testing.assert_allclose(rebuilt, v, atol=1e-5)
+        assert s.meta["mm_per_unit"] == pytest.approx(model.mm_per_unit / n["scale"])
+        J0, J1 = s.meta["joints_layout"]["joints"]
+        K0, K1 = s.meta["joints_layout"]["keypoints"]
+        assert s.arrays["joints"].dtype == np.float32 and s.arrays["joints"].shape == (K1, 3)
+        assert K1 - K0 == 22 and J1 == K0
+        np.testing.assert_allclose(s.arrays["joints"][K0:], (out.keypoints[0].numpy() - n["center"]) * n["scale"],
+                                   atol=1e-5)
+
+
+def test_meta_cameras_and_depth_ranges(model, cfg):
+    s = C.MouseComposer(model, cfg).compose(2)
+    m = s.meta
+    assert m["schema"] == SCHEMA and m["source"] == "mouse" and m["index"] == 2 and m["seed"] == 7
+    assert m["config_hash"] == C.dataset_config_hash(cfg) and m["generator"]["name"] == "synth.render"
+    for k in ("pose", "appearance", "lighting", "body_model", "normalization"):
+        assert k in m, k
+    assert len(s.cameras) == 6 and all(c.width == 32 for c in s.cameras)
+    v = s.meshes[0].vertices
+    for c in s.cameras:     # every surface point lies inside the view's depth range
+        z = v @ c.w2c[2, :3] + c.w2c[2, 3]
+        assert c.depth_range[0] < z.min() and z.max() < c.depth_range[1]
+    import json
+    json.dumps(m)           # meta must be JSON (it becomes meta.json)
+
+
+def test_dataset_config_hash_ignores_operational_settings(cfg):
+    a = C.dataset_config_hash(cfg)
+    assert C.dataset_config_hash({**cfg, "run": {**cfg["run"], "workers": 7, "out": "/elsewhere"}}) == a
+    assert C.dataset_config_hash({**cfg, "seed": 8}) != a
+    assert C.dataset_config_hash({**cfg, "quality": "final"}) != a
+
+
+def test_bad_fill_is_refused():
+    with pytest.raises(ValueError, match="normalize.fill"):
+        C.normalization(np.random.default_rng(0).normal(size=(10, 3)), 1.2)
