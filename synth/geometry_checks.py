@@ -8,8 +8,9 @@ points, which are projected into every other view and compared with what that vi
 - a visible point must land on the other view's surface (not its background, allowing a
   ``silhouette_tolerance_px`` band at the outline) and agree with its depth;
 - reprojection error: the forward-backward cycle ``pixel in i -> world -> pixel in j ->
-  world (j's depth, interpolated) -> pixel in i``, in pixels of view i. It is ~0 for a
-  consistent sample and grows with any camera, depth or scale error;
+  world (j's depth, interpolated) -> pixel in i``, in pixels of view i, over points that
+  land on j's surface or float in front of it. It is ~0 for a consistent sample and grows
+  with any camera, depth or scale error;
 - per-view aggregation (pairs in which the view takes part) so one bad camera among 32
   cannot hide in a median over all pairs;
 - alpha vs mesh: IoU of each view's alpha with the body mesh rebuilt from ``pose.npy`` and
@@ -203,7 +204,9 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
             hidden = (d > 0) & (z_jf > d * (1 + m))
             # in front of every surface j saw near there (or only background near there)
             conflict = ~hidden & (z_jf < nearest_surface[j][row, col] * (1 - m))
-            visible = (d > 0) & (np.abs(z_jf - d) <= m * d)
+            # compared: points on j's surface, plus those floating in front of it (their large
+            # cycle error is the signature of a wrong camera); ambiguous edge points are left out
+            visible = (d > 0) & ((np.abs(z_jf - d) <= m * d) | conflict)
             n_test = int((~hidden).sum())
             n_conf = int(conflict.sum())
             tested[i] += n_test
