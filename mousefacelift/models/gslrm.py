@@ -1,0 +1,305 @@
+"""GS-LRM: posed input views -> one 3D Gaussian per input pixel (FaceLift-style).
+
+Pipeline (Zhang et al. 2024, GS-LRM; FaceLift's ``gslrm/model/gslrm.py``):
+
+1. per pixel: RGB mapped to [-1, 1] and the pixel's Plücker ray (o x d, d) from
+   :func:`mousefacelift.cameras.plucker_rays` -> 9 channels (FaceLift's order: rgb, o x d, d);
+2. patchify (patch ``p``, flattened (patch_row, patch_col, channel) like FaceLift) and a
+   bias-free linear tokeniser;
+3. a pre-LN transformer (bias-free LayerNorms and linears, SDPA attention: flash on GPU)
+   over the tokens of ALL input views jointly, optionally after learned "global" Gaussian
+   tokens (FaceLift's ``gaussian_position_embeddings``; 0 by default here);
+4. per-token head (LayerNorm + linear) -> p*p Gaussians per token, parameters in FaceLift's
+   order [xyz(3), sh((deg+1)^2 * 3), scale(3), rotation(4), opacity(1)] and activations:
+   - distance along the pixel's unit ray = near + (far-near) * sigmoid(mean(xyz) + bias),
+     position = ray origin + distance * ray direction (so Gaussians start on their pixel);
+   - scale = exp(min(raw + scale_bias, scale_max_log)), rotation = normalise(raw) (wxyz),
+     opacity = sigmoid(raw + opacity_bias), colour = raw SH coefficients.
+
+Output order: the pixel-aligned Gaussians are in raster order per view, so
+``gaussians.means.reshape(B, V, H, W, 3)`` is the predicted point map; global Gaussians (if
+any) come first. The parameter layout equals FaceLift's, so its published checkpoint loads
+through :func:`mousefacelift.models.facelift_ckpt.load_facelift_checkpoint`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..cameras import camera_rays
+from ..gaussians import Gaussians
+
+__all__ = ["GSLRMConfig", "GSLRM", "load_model_config", "PRESET_DIR"]
+
+log = logging.getLogger(__name__)
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+@dataclass
+class GSLRMConfig:
+    """Architecture and output parameterisation; presets live in configs/model/*.yaml
+    (documented there). Defaults are FaceLift's values where it has one."""
+
+    name: str = "custom"
+    patch_size: int = 8
+    width: int = 1024             # token dimension d
+    layers: int = 24
+    heads: int = 16
+    mlp_ratio: int = 4
+    sh_degree: int = 0
+    num_global_gaussians: int = 0  # FaceLift's extra learned Gaussian tokens (n_gaussians)
+    view_markers: bool = False     # FaceLift's add_refsrc_marker: reference vs source view embedding
+    near: float = 1.2              # bounded distance along the ray (FaceLift: 2.7 +- 1.5)
+    far: float = 4.2
+    depth_bias: float = 0.0
+    scale_bias: float = -2.3
+    scale_max_log: float = -1.2
+    opacity_bias: float = -2.0
+    init_std: float = 0.02
+    grad_checkpoint: bool = False  # recompute transformer blocks in backward (saves memory)
+    checkpoint_every: int = 1      # blocks per checkpointed segment
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"GSLRMConfig: width {self.width} is not divisible by heads {self.heads}")
+        if not 0 < self.near < self.far:
+            raise ValueError(f"GSLRMConfig: need 0 < near < far, got near={self.near}, far={self.far}")
+        for name in ("patch_size", "width", "layers", "heads", "mlp_ratio", "checkpoint_every"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"GSLRMConfig: {name} must be positive, got {getattr(self, name)}")
+        if self.sh_degree < 0 or self.num_global_gaussians < 0:
+            raise ValueError("GSLRMConfig: sh_degree and num_global_gaussians must be >= 0")
+
+    @property
+    def in_channels(self) -> int:
+        return 3 + 6
+
+    @property
+    def gaussian_dim(self) -> int:
+        return 3 + (self.sh_degree + 1) ** 2 * 3 + 3 + 4 + 1
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> "GSLRMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"GSLRMConfig: unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(cfg))
+
+
+def load_model_config(cfg: Any) -> GSLRMConfig:
+    """A GSLRMConfig from a preset name ("tiny", "base"), a yaml path, a dict or OmegaConf node."""
+    if isinstance(cfg, GSLRMConfig):
+        return cfg
+    if isinstance(cfg, (str, Path)):
+        path = Path(cfg)
+        if not path.suffix:
+            path = PRESET_DIR / f"{cfg}.yaml"
+        if not path.is_file():
+            presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"model config {cfg!r}: no file {path}; presets: {presets}")
+        from omegaconf import OmegaConf
+        cfg = OmegaConf.load(path)
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # omegaconf is a dependency, but plain dicts work without it
+        pass
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"model config must be a preset name, path, mapping or GSLRMConfig, got {type(cfg)}")
+    return GSLRMConfig.from_mapping(cfg)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, ratio: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, d * ratio, bias=False)
+        self.fc2 = nn.Linear(d * ratio, d, bias=False)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (bias-free, like FaceLift's)."""
+
+    def __init__(self, d: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, bias=False)
+        self.attn = SelfAttention(d, heads)
+        self.norm2 = nn.LayerNorm(d, bias=False)
+        self.mlp = MLP(d, mlp_ratio)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GaussianHead(nn.Module):
+    def __init__(self, d: int, out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d, bias=False)
+        self.linear = nn.Linear(d, out, bias=False)
+
+    def forward(self, x):
+        return self.linear(self.norm(x))
+
+
+class GSLRM(nn.Module):
+    """Posed images -> Gaussians. See the module docstring for the parameterisation."""
+
+    def __init__(self, config: GSLRMConfig):
+        super().__init__()
+        self.config = cfg = config
+        d, p = cfg.width, cfg.patch_size
+        self.tokenizer = nn.Linear(cfg.in_channels * p * p, d, bias=False)
+        self.view_markers = nn.Parameter(torch.zeros(2, d)) if cfg.view_markers else None
+        self.global_tokens = nn.Parameter(torch.zeros(cfg.num_global_gaussians, d)) if cfg.num_global_gaussians else None
+        self.input_norm = nn.LayerNorm(d, bias=False)
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
+        self.global_head = GaussianHead(d, cfg.gaussian_dim) if cfg.num_global_gaussians else None
+        self.pixel_head = GaussianHead(d, p * p * cfg.gaussian_dim)
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "GSLRM":
+        return cls(load_model_config(cfg))
+
+    def reset_parameters(self):
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+        for prm in (self.view_markers, self.global_tokens):
+            if prm is not None:
+                nn.init.trunc_normal_(prm, std=std)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- forward ------------------------------------------------------------------------
+    def _tokens(self, images, K, c2w):
+        B, V, _, H, W = images.shape
+        p = self.config.patch_size
+        with torch.autocast(device_type=images.device.type, enabled=False):   # rays in float32
+            o, d = camera_rays(K.float(), c2w.float(), H, W)              # [B,V,H,W,3]
+        x = torch.cat([images.float() * 2 - 1, torch.cross(o, d, dim=-1).permute(0, 1, 4, 2, 3),
+                       d.permute(0, 1, 4, 2, 3)], dim=2)                 # [B,V,9,H,W]
+        x = x.reshape(B, V, 9, H // p, p, W // p, p).permute(0, 1, 3, 5, 4, 6, 2)
+        x = x.reshape(B, V * (H // p) * (W // p), p * p * 9)
+        tok = self.tokenizer(x)
+        if self.view_markers is not None:
+            marker = torch.cat([self.view_markers[:1], self.view_markers[1:].expand(V - 1, -1)])
+            tok = (tok.view(B, V, -1, tok.shape[-1]) + marker[None, :, None]).view(B, -1, tok.shape[-1])
+        return tok, o, d
+
+    def _run_blocks(self, x):
+        every = self.config.checkpoint_every
+        use_ckpt = self.config.grad_checkpoint and self.training and torch.is_grad_enabled()
+        for s in range(0, len(self.blocks), every):
+            seg = self.blocks[s:s + every]
+
+            def run(t, seg=seg):
+                for blk in seg:
+                    t = blk(t)
+                return t
+
+            x = checkpoint(run, x, use_reentrant=False) if use_ckpt else run(x)
+        return x
+
+    def _activate(self, raw: torch.Tensor, xyz: torch.Tensor):
+        """raw [B,N,P] (float32) -> (means, scales, rotations, opacities, sh) with given xyz."""
+        cfg = self.config
+        k = (cfg.sh_degree + 1) ** 2
+        _, feat, scale, rot, opac = raw.split([3, k * 3, 3, 4, 1], dim=-1)
+        sh = feat.reshape(raw.shape[0], raw.shape[1], k, 3)
+        scales = torch.exp((scale + cfg.scale_bias).clamp(max=cfg.scale_max_log))
+        rotations = rot / rot.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        opacities = torch.sigmoid(opac + cfg.opacity_bias)
+        return Gaussians(xyz, scales, rotations, opacities, sh)
+
+    def forward(self, images: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> Gaussians:
+        """images [B,V,3,H,W] in [0,1], K [B,V,3,3], c2w [B,V,4,4] -> Gaussians with
+        ``num_global_gaussians + V*H*W`` per sample (float32 even under autocast)."""
+        cfg = self.config
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"GSLRM: images must be [B,V,3,H,W], got {tuple(images.shape)}")
+        B, V, _, H, W = images.shape
+        p = cfg.patch_size
+        if H % p or W % p:
+            raise ValueError(f"GSLRM: image size {H}x{W} must be a multiple of the patch size {p}")
+        if K.shape != (B, V, 3, 3) or c2w.shape != (B, V, 4, 4):
+            raise ValueError(f"GSLRM: K must be [{B},{V},3,3] and c2w [{B},{V},4,4], got {tuple(K.shape)} "
+                             f"and {tuple(c2w.shape)}")
+        tok, o, d = self._tokens(images, K, c2w)
+        n_glob = cfg.num_global_gaussians
+        if n_glob:
+            tok = torch.cat([self.global_tokens[None].expand(B, -1, -1).to(tok.dtype), tok], dim=1)
+        x = self._run_blocks(self.input_norm(tok))
+        glob_tok, pix_tok = x[:, :n_glob], x[:, n_glob:]
+
+        raw = self.pixel_head(pix_tok).float()                          # [B, V*h*w, p*p*P]
+        with torch.autocast(device_type=raw.device.type, enabled=False):
+            return self._gaussians(raw, glob_tok, o, d, B, V, H, W)
+
+    def _gaussians(self, raw, glob_tok, o, d, B, V, H, W) -> Gaussians:
+        cfg = self.config
+        p, n_glob = cfg.patch_size, cfg.num_global_gaussians
+        P = cfg.gaussian_dim
+        raw = raw.reshape(B, V, H // p, W // p, p, p, P).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, V * H * W, P)
+        o, d = o.reshape(B, V * H * W, 3), d.reshape(B, V * H * W, 3)
+        t = torch.sigmoid(raw[..., :3].mean(dim=-1, keepdim=True) + cfg.depth_bias)
+        dist = cfg.near + (cfg.far - cfg.near) * t
+        g = self._activate(raw, o + dist * d)
+        if n_glob:
+            graw = self.global_head(glob_tok.float()).float()
+            g = Gaussians.cat([self._activate(graw, graw[..., :3]), g], dim=1)
+        return g
+
+    def ray_distance_map(self, gaussians: Gaussians, K: torch.Tensor, c2w: torch.Tensor, height: int,
+                         width: int) -> torch.Tensor:
+        """Distance of each pixel-aligned Gaussian from its ray origin, [B,V,1,H,W]."""
+        B, V = K.shape[:2]
+        n = self.config.num_global_gaussians
+        o, _ = camera_rays(K.float(), c2w.float(), height, width)
+        pts = gaussians.means[:, n:].reshape(B, V, height, width, 3)
+        return (pts - o).norm(dim=-1)[:, :, None]
+
+    def summary(self) -> dict:
+        return {**asdict(self.config), "parameters": self.num_parameters()}
+
+
+def approx_forward_flops(cfg: GSLRMConfig, views: int, height: int, width: int) -> float:
+    """Matmul FLOPs of one forward (2 per MAC): tokeniser, blocks (projections + attention), head."""
+    L = views * (height // cfg.patch_size) * (width // cfg.patch_size) + cfg.num_global_gaussians
+    d = cfg.width
+    per_block = 2 * L * (4 * d * d + 2 * cfg.mlp_ratio * d * d) + 2 * 2 * L * L * d
+    io = 2 * L * d * (cfg.in_channels + cfg.gaussian_dim) * cfg.patch_size ** 2
+    return cfg.layers * per_block + io
+
+
+__all__.append("approx_forward_flops")
