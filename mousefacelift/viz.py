@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["turbo", "colorize", "colorize_depth", "normals_to_rgb", "mask_to_rgb", "checkerboard",
-           "composite_over", "composite_over_checkerboard", "image_grid", "GridStyle", "save_png"]
+           "composite_over", "composite_over_checkerboard", "image_grid", "GridStyle", "resize_rgba", "save_png"]
 
 # Control points of a turbo-like rainbow (dark blue -> cyan -> green -> yellow -> red -> dark
 # red), perceptually smoother than jet; linear interpolation between them in RGB.
@@ -183,6 +183,22 @@ def _draw_clipped(draw: ImageDraw.ImageDraw, xy, text: str, max_width: int, fill
         t = t[:-2] + "…" if len(t) > 2 else ""
     if t:
         draw.text(xy, t, fill=fill, font=font)
+
+
+def resize_rgba(rgba: np.ndarray, size: tuple[int, int], resample: str = "bilinear") -> np.ndarray:
+    """Resize straight-alpha RGBA uint8 to ``size`` = (width, height), filtering premultiplied
+    colour so transparent (black) pixels do not bleed dark fringes into the outline."""
+    if rgba.shape[1] == size[0] and rgba.shape[0] == size[1]:
+        return rgba
+    method = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC,
+              "nearest": Image.NEAREST}[resample]
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    pm = np.concatenate([rgba[..., :3].astype(np.float32) * a, a * 255.0], axis=-1)
+    out = np.stack([np.asarray(Image.fromarray(pm[..., c]).resize(size, method)) for c in range(4)], axis=-1)
+    out = np.clip(out, 0, 255)
+    alpha = out[..., 3:4] / 255.0
+    rgb = np.where(alpha > 1e-4, out[..., :3] / np.maximum(alpha, 1e-4), 0)
+    return np.clip(np.concatenate([rgb, out[..., 3:4]], axis=-1) + 0.5, 0, 255).astype(np.uint8)
 
 
 def save_png(path, image: np.ndarray) -> None:

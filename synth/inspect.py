@@ -139,7 +139,7 @@ def contact_sheet(sample: MultiViewSample, views: list[int] | None = None,
         block = {r: [] for r in ROWS}
         for v in chunk:
             rgba = sample.rgba[v]
-            block["rgba"].append(viz.composite_over_checkerboard(_resize_rgba(rgba, (tw, th))))
+            block["rgba"].append(viz.composite_over_checkerboard(viz.resize_rgba(rgba, (tw, th))))
             if sample.depth is not None:
                 block["depth"].append(_resize(viz.colorize_depth(sample.depth[v], lo, hi), (tw, th), nearest=True))
             else:
@@ -162,19 +162,6 @@ def contact_sheet(sample: MultiViewSample, views: list[int] | None = None,
         facts.append(f"depth {lo:.2f} (red) .. {hi:.2f} (blue) units")
     return viz.image_grid(tiles, row_labels=row_labels, col_labels=labels, title="  |  ".join(facts),
                           row_label_width=style.row_label_width)
-
-
-def _resize_rgba(rgba: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize with premultiplied colour so transparent pixels do not bleed dark fringes."""
-    if rgba.shape[1] == size[0] and rgba.shape[0] == size[1]:
-        return rgba
-    a = rgba[..., 3:4].astype(np.float32) / 255.0
-    pm = np.concatenate([rgba[..., :3].astype(np.float32) * a, a * 255.0], axis=-1)
-    chans = [np.asarray(Image.fromarray(pm[..., c]).resize(size, Image.BILINEAR)) for c in range(4)]
-    out = np.stack(chans, axis=-1)
-    alpha = out[..., 3:4] / 255.0
-    rgb = np.where(alpha > 1e-4, out[..., :3] / np.maximum(alpha, 1e-4), 0)
-    return np.clip(np.concatenate([rgb, out[..., 3:4]], axis=-1) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _short_name(name: str, v: int) -> str:
