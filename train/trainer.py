@@ -283,7 +283,10 @@ class Trainer:
                    dynamic_ncols=True)
         last_metrics: dict = {}
         t0, s0 = time.time(), self.counters["samples"]
-        while self.step < self.steps:
+        stop_at = self.steps
+        if t.get("stop_after_steps") is not None:
+            stop_at = min(self.steps, self.step + int(t.stop_after_steps))
+        while self.step < stop_at:
             res = self.train_step(it)
             bar.update(1)
             if self.rank == 0 and (self.step % int(t.log_every) == 0 or self.step == self.steps):
@@ -296,7 +299,7 @@ class Trainer:
                 self._log_images(res["batch"], res["out"], "train")
             if int(t.eval_every) > 0 and (self.step % int(t.eval_every) == 0 or self.step == self.steps):
                 last_metrics = self.run_eval() or last_metrics
-            if self.step % int(t.ckpt_every) == 0 or self.step == self.steps:
+            if self.step % int(t.ckpt_every) == 0 or self.step == stop_at:
                 self.save()
         bar.close()
         if self.writer is not None:
