@@ -1,0 +1,339 @@
+"""Real multi-camera frames -> normalised ``source=real`` samples (mfl-sample/1, no depth).
+
+Per frame set (one frame from every camera, with masks):
+
+1. mask centroids, undistorted, are triangulated (linear least squares, DLT) to a first
+   mouse centre;
+2. a visual hull of the masks (coarse voxel grid around that centre, then a finer one
+   around the coarse hull) gives the mouse's extent; its box centre becomes the world
+   origin and its largest half-extent (or a known body length) the scale, so the mouse
+   fits the [-1, 1]^3 cube. One uniform scale per sample: distance ratios are kept;
+3. every camera is re-expressed in that frame, with the original world up mapped to +Z
+   (for DANNCE the arena floor normal is already +Z);
+4. each view is undistorted, cropped around the mouse so it fills ``fill`` of the frame and
+   resized to ``size`` in ONE resampling (supersampled, then box-filtered). The output
+   camera is built only through ``Camera.cropped`` / ``Camera.resized`` from the ideal
+   pinhole, and the resampling maps every output pixel centre back through exactly that
+   camera, so images and intrinsics cannot drift apart.
+
+Everything is recorded in ``meta.json`` under ``normalization``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from mousefacelift.cameras import Camera, distort_normalized, undistort_normalized
+from mousefacelift.sample import SCHEMA, MultiViewSample
+from mousefacelift.scene import depth_range_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NormalizeConfig:
+    """Defaults documented in configs/real/ingest.yaml (``normalize:`` section)."""
+
+    size: int = 256                    # output view size (square)
+    fill: float = 0.8                  # mouse box's longer side / crop side
+    cube_fit: float = 0.9              # largest half-extent of the mouse in the [-1, 1]^3 cube
+    body_length_mm: float | None = None  # known extent of the mouse (mm); None = from the visual hull
+    hull_box_mm: float = 300.0         # side of the search box for the visual hull, around the triangulated centre
+    hull_grid: int = 48                # voxels per side of every hull pass
+    hull_passes: int = 3               # coarse-to-fine passes (each over the previous hull's box)
+    hull_carve_tolerance: int = 0      # views that may wrongly carve a hull voxel (mask errors)
+    hull_max_out_of_frame: int = 1     # views in which a hull voxel may fall outside the frame
+    supersample: int = 4               # max supersampling factor of the resampling (anti-aliasing)
+    keep_background: bool = False      # keep captured RGB where alpha = 0 (else black, like renders)
+    depth_margin: float = 0.05         # world units around the hull box for each view's depth_range
+    min_mask_pixels: int = 20          # views with fewer mask pixels are unusable
+
+
+@dataclass
+class Normalization:
+    """world_norm = R_up @ (world_mm - center_mm) / mm_per_unit."""
+
+    center_mm: np.ndarray
+    mm_per_unit: float
+    up_rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def points_to_norm(self, X_mm: np.ndarray) -> np.ndarray:
+        return (np.asarray(X_mm, dtype=np.float64) - self.center_mm) @ self.up_rotation.T / self.mm_per_unit
+
+    def points_to_mm(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) * self.mm_per_unit @ self.up_rotation + self.center_mm
+
+    def camera(self, cam_mm: Camera) -> Camera:
+        """The same camera in the normalised world (camera-space lengths in world units too)."""
+        Rc, tc = cam_mm.w2c[:3, :3], cam_mm.w2c[:3, 3]
+        w2c = np.eye(4)
+        w2c[:3, :3] = Rc @ self.up_rotation.T
+        w2c[:3, 3] = (Rc @ self.center_mm + tc) / self.mm_per_unit
+        return replace(cam_mm, w2c=w2c, depth_range=None)
+
+    def to_meta(self) -> dict:
+        return {"center_mm": self.center_mm.tolist(), "mm_per_unit": float(self.mm_per_unit),
+                "up_rotation": self.up_rotation.tolist(),
+                "formula": "world = up_rotation @ (world_mm - center_mm) / mm_per_unit"}
+
+
+def rotation_to_z(up: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking ``up`` onto +Z (identity when it already is)."""
+    u = np.asarray(up, dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    z = np.array([0.0, 0.0, 1.0])
+    v = np.cross(u, z)
+    c = float(u @ z)
+    if np.linalg.norm(v) < 1e-12:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + vx + vx @ vx * (1 / (1 + c))
+
+
+# -- pinhole geometry ------------------------------------------------------------------------
+def pinhole(cam: Camera) -> Camera:
+    """The ideal pinhole the view is undistorted to: same fx, fy, cx, cy, no skew, no distortion."""
+    K = np.array([[cam.fx, 0.0, cam.cx], [0.0, cam.fy, cam.cy], [0.0, 0.0, 1.0]])
+    return replace(cam, K=K, dist=None)
+
+
+def pixels_to_normalized(cam: Camera, uv: np.ndarray) -> np.ndarray:
+    """Distorted pixel coordinates of ``cam`` -> ideal normalised image coordinates [N,2]."""
+    uv = np.asarray(uv, dtype=np.float64)
+    K = cam.K
+    y = (uv[:, 1] - K[1, 2]) / K[1, 1]
+    x = (uv[:, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
+    xd = np.stack([x, y], -1)
+    return undistort_normalized(xd, cam.dist) if cam.dist is not None else xd
+
+
+def normalized_to_pixels(cam: Camera, xn: np.ndarray) -> np.ndarray:
+    """Ideal normalised coordinates -> pixel coordinates of ``cam`` (distortion and skew applied)."""
+    if cam.dist is not None:
+        xn = distort_normalized(xn, cam.dist)
+    return xn @ cam.K[:2, :2].T + cam.K[:2, 2]
+
+
+def triangulate(cameras: Sequence[Camera], uv: np.ndarray) -> np.ndarray:
+    """Linear (DLT) triangulation of one point seen at ideal-pinhole pixels ``uv`` [V,2]."""
+    rows = []
+    for cam, (u, v) in zip(cameras, np.asarray(uv, dtype=np.float64)):
+        P = cam.K @ cam.w2c[:3]
+        rows.append(u * P[2] - P[0])
+        rows.append(v * P[2] - P[1])
+    A = np.asarray(rows)
+    if len(A) < 4:
+        raise ValueError(f"triangulation needs at least 2 views, got {len(cameras)}")
+    A = A / np.linalg.norm(A[:, :3], axis=1, keepdims=True)   # equal weight per equation
+    _, _, Vt = np.linalg.svd(A)
+    X = Vt[-1]
+    if abs(X[3]) < 1e-12:
+        raise ValueError("triangulation failed: the rays are parallel (point at infinity)")
+    return X[:3] / X[3]
+
+
+def mask_pixels(mask: np.ndarray, max_points: int = 20000) -> np.ndarray:
+    """Pixel-centre coordinates (u, v) of a mask's pixels, evenly subsampled."""
+    ys, xs = np.nonzero(mask)
+    step = max(1, len(xs) // max_points)
+    return np.stack([xs[::step] + 0.5, ys[::step] + 0.5], -1).astype(np.float64)
+
+
+# -- visual hull ----------------------------------------------------------------------------
+def _carve(cams: Sequence[Camera], dist_maps: Sequence[np.ndarray], lo: np.ndarray, hi: np.ndarray, n: int,
+           tolerance: int, max_out_of_frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels in [lo, hi] (n per side) that touch the silhouette cone of every view except at
+    most ``tolerance`` (mask errors) and ``max_out_of_frame`` (mouse at an image edge: a view
+    whose frame does not contain the voxel cannot carve it). A voxel touches the cone when
+    its centre projects within its own projected half-diagonal of the mask (``dist_maps`` =
+    distance of every pixel to the nearest mask pixel), so thin parts like the tail are never
+    lost between voxel centres. Returns (kept voxel centres, voxel size)."""
+    vox = (hi - lo) / n
+    axes = [lo[i] + (np.arange(n) + 0.5) * vox[i] for i in range(3)]
+    P = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    radius = 0.5 * float(np.linalg.norm(vox))
+    carved = np.zeros(len(P), dtype=np.int32)     # in the frame but away from the mask
+    seen = np.zeros(len(P), dtype=np.int32)       # touching the mask
+    for cam, dmap in zip(cams, dist_maps):
+        uv, z = cam.project(P)
+        with np.errstate(invalid="ignore"):
+            col = np.floor(uv[:, 0])
+            row = np.floor(uv[:, 1])
+        ok = (z > 0) & (col >= 0) & (row >= 0) & (col < dmap.shape[1]) & (row < dmap.shape[0])
+        inside = np.zeros(len(P), dtype=bool)
+        r_px = max(cam.fx, cam.fy) * radius / np.maximum(z[ok], 1e-9) + 0.5
+        inside[ok] = dmap[row[ok].astype(np.int64), col[ok].astype(np.int64)] <= r_px
+        carved += ok & ~inside
+        seen += inside
+    keep = (carved <= tolerance) & (seen >= max(2, len(cams) - tolerance - max_out_of_frame))
+    return P[keep], vox
+
+
+def visual_hull(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], center_mm: np.ndarray,
+                cfg: NormalizeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box (lo, hi) of the masks' visual hull in mm, and its occupied voxel centres.
+
+    A pass over ``hull_box_mm`` around the centre, then ``hull_passes - 1`` finer passes, each
+    over the previous hull's box grown by one voxel. The box of the kept voxels contains the
+    true hull (conservative by at most about one voxel per side).
+    """
+    dist_maps = [ndimage.distance_transform_edt(~np.asarray(m, dtype=bool)) if np.any(m)
+                 else np.full(np.shape(m), np.inf) for m in masks]
+    half = cfg.hull_box_mm / 2
+    lo, hi = center_mm - half, center_mm + half
+    pts = vox = None
+    for p in range(max(1, cfg.hull_passes)):
+        new, nvox = _carve(cams_mm, dist_maps, lo, hi, cfg.hull_grid, cfg.hull_carve_tolerance,
+                           cfg.hull_max_out_of_frame)
+        if len(new) == 0:
+            if pts is None:
+                raise ValueError(f"visual hull is empty within {cfg.hull_box_mm} mm of the triangulated centre "
+                                 f"{np.round(center_mm, 1).tolist()}: masks disagree (calibration or masks wrong?)")
+            break
+        pts, vox = new, nvox
+        lo, hi = pts.min(0) - vox, pts.max(0) + vox
+    return pts.min(0) - vox / 2, pts.max(0) + vox / 2, pts
+
+
+def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], up: np.ndarray,
+                           cfg: NormalizeConfig) -> tuple[Normalization, dict]:
+    """World origin and scale of one frame set from its masks (see module docstring)."""
+    usable = [i for i, m in enumerate(masks) if int(np.count_nonzero(m)) >= cfg.min_mask_pixels]
+    if len(usable) < 2:
+        raise ValueError(f"only {len(usable)} views have a mask of >= {cfg.min_mask_pixels} pixels; need 2 to triangulate")
+    cents, pcams = [], []
+    for i in usable:
+        cam = cams_mm[i]
+        xn = pixels_to_normalized(cam, mask_pixels(masks[i])).mean(0, keepdims=True)
+        pc = pinhole(cam)
+        cents.append(xn[0] @ pc.K[:2, :2].T + pc.K[:2, 2])
+        pcams.append(pc)
+    c0 = triangulate(pcams, np.asarray(cents))
+    resid = [float(np.linalg.norm(pc.project(c0[None])[0][0] - c)) for pc, c in zip(pcams, cents)]
+    R_up = rotation_to_z(up)
+    # The hull uses every view (a view with an empty mask rightly carves everything away).
+    lo, hi, pts = visual_hull(cams_mm, masks, c0, cfg)
+    # Box in the up-aligned frame (the hull box is axis-aligned in the original frame; re-box after rotating).
+    ptsr = (pts - c0) @ R_up.T
+    vox = (hi - lo) / max(cfg.hull_grid, 1)
+    lo_r, hi_r = ptsr.min(0) - np.abs(R_up) @ vox / 2, ptsr.max(0) + np.abs(R_up) @ vox / 2
+    center = c0 + ((lo_r + hi_r) / 2) @ R_up
+    half_extent = float((hi_r - lo_r).max()) / 2
+    if cfg.body_length_mm:
+        mm_per_unit = float(cfg.body_length_mm) / 2 / cfg.cube_fit
+        method = "body_length"
+    else:
+        mm_per_unit = half_extent / cfg.cube_fit
+        method = "visual_hull"
+    norm = Normalization(center_mm=center, mm_per_unit=mm_per_unit, up_rotation=R_up)
+    diag = {"triangulated_center_mm": c0.tolist(), "centroid_residual_px": [round(r, 3) for r in resid],
+            "views_used_for_centre": usable, "hull_extent_mm": (hi_r - lo_r).tolist(), "hull_voxels": int(len(pts)),
+            "scale_method": method, "cube_fit": cfg.cube_fit,
+            "hull_half_extent": ((hi_r - lo_r) / 2 / mm_per_unit).tolist()}
+    return norm, diag
+
+
+# -- crop + resample -----------------------------------------------------------------------
+def crop_box(cam_px: Camera, uv: np.ndarray, fill: float) -> tuple[int, int, int]:
+    """Integer square (x0, y0, side) centred on the points' box, the box's longer side = fill * side."""
+    lo, hi = uv.min(0), uv.max(0)
+    side = int(math.ceil(float((hi - lo).max()) / fill))
+    side = max(side, 8)
+    c = (lo + hi) / 2
+    return int(round(c[0] - side / 2)), int(round(c[1] - side / 2)), side
+
+
+def resample_view(image: np.ndarray, src_cam: Camera, out_cam: Camera, max_supersample: int = 4,
+                  extra: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Resample ``image`` (seen by ``src_cam``, with distortion) into the ideal ``out_cam``.
+
+    Every output pixel centre is mapped through ``out_cam`` to a ray, then through
+    ``src_cam`` (distortion, skew) to a source position, and sampled bilinearly;
+    supersampled by ``s`` and box-filtered, which is exactly ``out_cam.resized(W*s, H*s)``.
+    Returns (image float [H,W,C] 0..255, valid [H,W] fraction inside the source, extras).
+    """
+    W, H = out_cam.width, out_cam.height
+    scale = max(src_cam.fx / out_cam.fx, src_cam.fy / out_cam.fy)
+    s = int(min(max_supersample, max(1, math.ceil(scale - 1e-6))))
+    cam_s = out_cam.resized(W * s, H * s)
+    v, u = np.meshgrid(np.arange(H * s) + 0.5, np.arange(W * s) + 0.5, indexing="ij")
+    xn = np.stack([(u.ravel() - cam_s.cx) / cam_s.fx, (v.ravel() - cam_s.cy) / cam_s.fy], -1)
+    # out_cam is a pinhole in the same camera frame (same w2c), so the ray is the same direction
+    R_rel = src_cam.w2c[:3, :3] @ out_cam.w2c[:3, :3].T
+    if not np.allclose(R_rel, np.eye(3), atol=1e-9):
+        d = np.concatenate([xn, np.ones((len(xn), 1))], 1) @ R_rel.T
+        xn = d[:, :2] / d[:, 2:3]
+    uv = normalized_to_pixels(src_cam, xn)
+    coords = np.stack([uv[:, 1] - 0.5, uv[:, 0] - 0.5])
+
+    def sample(channel: np.ndarray) -> np.ndarray:
+        vals = ndimage.map_coordinates(channel.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
+        return vals.reshape(H, s, W, s).mean(axis=(1, 3))
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    out = np.stack([sample(img[..., c]) for c in range(img.shape[-1])], -1)
+    valid = sample(np.ones(img.shape[:2], dtype=np.float32))
+    extras = [sample(np.asarray(e, dtype=np.float32)) for e in extra]
+    return out, valid, extras
+
+
+@dataclass
+class RealView:
+    rgba: np.ndarray       # uint8 [S,S,4]
+    camera: Camera         # normalised world, ideal pinhole, cropped + resized
+    crop: dict             # {x0, y0, side} in the undistorted full-frame pixel grid
+
+
+def normalize_frame_set(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray], cams_mm: Sequence[Camera],
+                        up: np.ndarray, cfg: NormalizeConfig) -> tuple[list[RealView], Normalization, dict]:
+    """One frame set (a frame and a bool mask per camera, cameras in mm) -> normalised views."""
+    if not (len(frames) == len(masks) == len(cams_mm)):
+        raise ValueError(f"{len(frames)} frames, {len(masks)} masks and {len(cams_mm)} cameras: expected one of each per camera")
+    for i, (f, m, c) in enumerate(zip(frames, masks, cams_mm)):
+        if f.shape[:2] != (c.height, c.width) or m.shape != (c.height, c.width):
+            raise ValueError(f"camera {i} ({c.name}): calibration says {c.width}x{c.height} but the frame is "
+                             f"{f.shape[1]}x{f.shape[0]} and the mask {m.shape[1]}x{m.shape[0]}")
+    norm, diag = estimate_normalization(cams_mm, masks, up, cfg)
+    views = []
+    for i, (frame, mask, cam) in enumerate(zip(frames, masks, cams_mm)):
+        ideal = norm.camera(pinhole(cam))
+        src = norm.camera(cam)
+        if np.count_nonzero(mask) >= cfg.min_mask_pixels:
+            xn = pixels_to_normalized(cam, mask_pixels(mask))
+            uv = xn @ ideal.K[:2, :2].T + ideal.K[:2, 2]
+        else:   # no mask in this view: frame the hull centre at the size the hull box would have
+            uv = ideal.project(np.array([[-1.0, -1, -1], [1, 1, 1]]) * cfg.cube_fit)[0]
+        x0, y0, side = crop_box(ideal, uv, cfg.fill)
+        out_cam = ideal.cropped(x0, y0, side, side).resized(cfg.size, cfg.size)
+        rgb, valid, (alpha,) = resample_view(frame[..., :3], src, out_cam, cfg.supersample, extra=[mask])
+        a = np.clip(alpha, 0, 1)
+        if not cfg.keep_background:
+            rgb = rgb * (a[..., None] > 0)
+        rgba = np.concatenate([rgb, (a * 255)[..., None]], -1)
+        rgba = np.clip(np.rint(rgba), 0, 255).astype(np.uint8)
+        views.append(RealView(rgba=rgba, camera=out_cam, crop={"x0": x0, "y0": y0, "side": side,
+                                                               "valid_fraction": round(float(valid.mean()), 4)}))
+    lim = np.asarray(diag["hull_half_extent"])
+    cams = depth_range_for([v.camera for v in views], -lim, lim, margin=cfg.depth_margin)
+    for v, c in zip(views, cams):
+        v.camera = c
+    return views, norm, diag
+
+
+def build_real_sample(key: str, views: Sequence[RealView], norm: Normalization, diag: dict, meta: dict) -> MultiViewSample:
+    """A ``source=real`` MultiViewSample (no depth) with the normalisation in meta."""
+    m = {"schema": SCHEMA, "source": "real", "mm_per_unit": float(norm.mm_per_unit),
+         "normalization": {**norm.to_meta(), **diag}, "crops": [v.crop for v in views], **meta}
+    return MultiViewSample(key=key, meta=m, rgba=np.stack([v.rgba for v in views]),
+                           cameras=[v.camera for v in views]).validate()
+
+
+def config_to_meta(cfg: NormalizeConfig) -> dict:
+    return asdict(cfg)
