@@ -3,7 +3,8 @@
 Source frame (checked on load, see ``_to_project_frame``): Z up, the head toward -Y, the
 mouse's left toward +X. The project frame wants the head toward +X and the left toward +Y,
 which is a +90 degree rotation about Z (a proper rotation, no mirroring). The model is then
-shifted so the lowest vertex lies on z = 0 and the bounding box is centred in x/y.
+shifted so the lowest vertex lies on z = 0 and the bounding box is centred in x/y (in
+MAMMAL's rest pose the tail is the lowest part; the paws sit 1.8 mm above the ground).
 
 Units: upstream fits the model to DANNCE millimetres with a global scale near 115, and
 limb bones measured on the DANNCE labels suggest about 100 mm per unit, but that animal is

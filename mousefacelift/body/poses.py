@@ -262,7 +262,7 @@ class PoseSampler:
         """Violation score per candidate (0 = plausible) with reasons, and grounding transl."""
         m = self.model
         M = params.batch_size
-        posed, A = m.skinning_transforms(params)                         # model frame, [M,J,3]
+        posed, A = m.skinning_transforms(params, use_smplx=False)        # model frame, [M,J,3]
         P = posed.double().numpy()
         # trunk spheres move with their owning joint
         Aj = A[:, self._sph_j].double().numpy()                          # [M,K,3,4]
@@ -279,13 +279,13 @@ class PoseSampler:
         flip = np.clip(Pw[:, self._paws, 2].mean(1) - Pw[:, self._spine, 2].mean(1), 0, None) / self._sph_r.mean()
         score = pen + cross + flip
         reasons = {"penetration": pen > 0, "crossing": cross > 0, "flip": flip > 0}
-        return score, reasons
+        return score, reasons, A
 
     @torch.no_grad()
-    def _ground(self, params: PoseParams) -> torch.Tensor:
-        """Translation putting the lowest proxy-skin point on z = 0, centred over the origin."""
+    def _ground(self, params: PoseParams, A: torch.Tensor) -> torch.Tensor:
+        """Translation putting the lowest proxy-skin point on z = 0, centred over the origin
+        (A: the candidates' skinning transforms from the plausibility test)."""
         m = self.model
-        _, A = m.skinning_transforms(params)
         ids = np.unique(np.concatenate([self._proxy_ids, m._keypoint_vertex_ids()]))
         v = m.skin(A, ids)
         v = m._apply_global(v, PoseParams(params.global_orient, torch.zeros_like(params.transl), params.scale,
@@ -304,6 +304,7 @@ class PoseSampler:
         best_score = np.full(M, np.inf)
         best_arr = np.zeros((M, PoseParams.array_size(self.model)), np.float32)
         best_fam = np.zeros(M, np.int64)
+        best_A = torch.zeros(M, self.model.num_joints, 3, 4)
         attempts = np.zeros(M, np.int64)
         accepted = np.zeros(M, bool)
         reason_counts = {"penetration": 0, "crossing": 0, "flip": 0}
@@ -312,7 +313,7 @@ class PoseSampler:
             if len(pending) == 0:
                 break
             params, fam = self._candidates(seed, indices[pending], a)
-            score, reasons = self._evaluate(params)
+            score, reasons, A = self._evaluate(params)
             for k, r in reasons.items():
                 reason_counts[k] += int(r.sum())
             attempts[pending] = a + 1
@@ -322,11 +323,12 @@ class PoseSampler:
             best_score[upd] = score[better]
             best_arr[upd] = arr[better]
             best_fam[upd] = fam[better]
+            best_A[torch.as_tensor(upd)] = A[torch.as_tensor(np.nonzero(better)[0])]
             ok = score <= 0
             accepted[pending[ok]] = True
             pending = pending[~ok]
         params = PoseParams.from_array(self.model, best_arr)
-        params.transl = self._ground(params).float().contiguous()
+        params.transl = self._ground(params, best_A).float().contiguous()
         forced = ~accepted
         tried = int(attempts.sum())
         stats = {"poses": M, "candidates": tried, "rejected": tried - int(accepted.sum()),
