@@ -80,32 +80,52 @@ def backproject(cam: Camera, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
     return (pc - t) @ R          # R^T (pc - t), row-vector form
 
 
-def sample_depth(depth: np.ndarray, uv: np.ndarray, max_spread: np.ndarray) -> np.ndarray:
+def sample_depth(depth: np.ndarray, uv: np.ndarray, max_spread: np.ndarray,
+                 view: np.ndarray | None = None) -> np.ndarray:
     """Depth at continuous pixel positions: bilinear where the 4 neighbours are all surface and
     within ``max_spread`` of each other (no blending across edges), else the nearest pixel; 0
-    outside the image or on background."""
-    H, W = depth.shape
+    outside the image or on background. ``depth`` is [H,W], or [V,H,W] with ``view`` [N]
+    naming each point's view."""
+    if depth.ndim == 2:
+        depth, view = depth[None], np.zeros(len(uv), np.int64)
+    H, W = depth.shape[1:]
     x = uv[:, 0] - 0.5
     y = uv[:, 1] - 0.5
     out = np.zeros(len(uv))
     inside = (x > -0.5) & (y > -0.5) & (x < W - 0.5) & (y < H - 0.5)
     if not inside.any():
         return out
-    xi, yi = x[inside], y[inside]
+    xi, yi, vi = x[inside], y[inside], view[inside]
     xn = np.clip(np.rint(xi).astype(np.int64), 0, W - 1)
     yn = np.clip(np.rint(yi).astype(np.int64), 0, H - 1)
-    near = depth[yn, xn].astype(np.float64)
+    near = depth[vi, yn, xn].astype(np.float64)
     x0 = np.clip(np.floor(xi).astype(np.int64), 0, W - 2)
     y0 = np.clip(np.floor(yi).astype(np.int64), 0, H - 2)
     fx = np.clip(xi - x0, 0, 1)
     fy = np.clip(yi - y0, 0, 1)
-    d00, d01 = depth[y0, x0].astype(np.float64), depth[y0, x0 + 1].astype(np.float64)
-    d10, d11 = depth[y0 + 1, x0].astype(np.float64), depth[y0 + 1, x0 + 1].astype(np.float64)
-    quad = np.stack([d00, d01, d10, d11])
-    ok = (quad > 0).all(0) & (quad.max(0) - quad.min(0) <= max_spread[inside])
+    d00, d01 = depth[vi, y0, x0].astype(np.float64), depth[vi, y0, x0 + 1].astype(np.float64)
+    d10, d11 = depth[vi, y0 + 1, x0].astype(np.float64), depth[vi, y0 + 1, x0 + 1].astype(np.float64)
+    lo = np.minimum(np.minimum(d00, d01), np.minimum(d10, d11))
+    hi = np.maximum(np.maximum(d00, d01), np.maximum(d10, d11))
+    ok = (lo > 0) & (hi - lo <= max_spread[inside])
     bil = (d00 * (1 - fx) + d01 * fx) * (1 - fy) + (d10 * (1 - fx) + d11 * fx) * fy
     out[inside] = np.where(ok, bil, near)
     return out
+
+
+def _backproject_many(cams: list[Camera], view: np.ndarray, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """:func:`backproject` for points of several views at once (``view`` [N] indexes ``cams``)."""
+    if any(c.dist is not None for c in cams):
+        out = np.empty((len(uv), 3))
+        for v in np.unique(view):
+            sel = view == v
+            out[sel] = backproject(cams[v], uv[sel], z[sel])
+        return out
+    K = np.stack([c.K for c in cams])[view]
+    w2c = np.stack([c.w2c for c in cams])[view]
+    xn = (uv - K[:, :2, 2]) / np.stack([K[:, 0, 0], K[:, 1, 1]], axis=1)
+    pc = np.concatenate([xn * z[:, None], z[:, None]], axis=1) - w2c[:, :3, 3]
+    return np.einsum("nji,nj->ni", w2c[:, :3, :3], pc)
 
 
 def _min_filter(values: np.ndarray, r: int) -> np.ndarray:
@@ -178,85 +198,81 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
         z = depth[i][ys, xs]
         src.append((uv, backproject(cams[i], uv, z)))
 
-    errs = [[] for _ in range(V)]            # cycle errors of pairs involving the view
-    rels = [[] for _ in range(V)]
     tested = np.zeros(V, np.int64)
     conflicts = np.zeros(V, np.int64)
-    all_err, all_abs, all_rel = [], [], []
-    total_tested = total_visible = total_conflict = 0
+    err_parts, abs_parts, rel_parts, src_parts, dst_parts = [], [], [], [], []
+    H, W = depth.shape[1:]
     for i in range(V):
         uv_i, X = src[i]
         if len(X) == 0:
             continue
-        for j in range(V):
-            if j == i:
-                continue
-            cj = cams[j]
-            uv_j, z_j = cj.project(X)
-            H, W = depth[j].shape
-            inframe = (z_j > 0) & (uv_j[:, 0] >= 0) & (uv_j[:, 1] >= 0) & (uv_j[:, 0] < W) & (uv_j[:, 1] < H)
-            if not inframe.any():
-                continue
-            uv_jf, z_jf = uv_j[inframe], z_j[inframe]
-            d = sample_depth(depth[j], uv_jf, max_spread=m * z_jf)
-            col = np.clip(uv_jf[:, 0].astype(np.int64), 0, W - 1)
-            row = np.clip(uv_jf[:, 1].astype(np.int64), 0, H - 1)
-            hidden = (d > 0) & (z_jf > d * (1 + m))
-            # in front of every surface j saw near there (or only background near there)
-            conflict = ~hidden & (z_jf < nearest_surface[j][row, col] * (1 - m))
-            # compared: points on j's surface, plus those floating in front of it (their large
-            # cycle error is the signature of a wrong camera); ambiguous edge points are left out
-            visible = (d > 0) & ((np.abs(z_jf - d) <= m * d) | conflict)
-            n_test = int((~hidden).sum())
-            n_conf = int(conflict.sum())
-            tested[i] += n_test
-            tested[j] += n_test
-            conflicts[i] += n_conf
-            conflicts[j] += n_conf
-            total_tested += n_test
-            total_conflict += n_conf
-            if not visible.any():
-                continue
-            # forward-backward: j's surface point at uv_j, back into view i
-            Xb = backproject(cj, uv_jf[visible], d[visible])
-            uv_back, _ = cams[i].project(Xb)
-            e = np.linalg.norm(uv_back - uv_i[inframe][visible], axis=1)
-            absd = np.abs(z_jf[visible] - d[visible])
-            rel = absd / d[visible]
-            errs[i].append(e)
-            errs[j].append(e)
-            rels[i].append(rel)
-            rels[j].append(rel)
-            all_err.append(e)
-            all_abs.append(absd)
-            all_rel.append(rel)
-            total_visible += int(visible.sum())
+        others = [j for j in range(V) if j != i]
+        # X seen from every other view at once: (view, point) pairs flattened
+        proj = [cams[j].project(X) for j in others]
+        uv_j = np.concatenate([p[0] for p in proj])
+        z_j = np.concatenate([p[1] for p in proj])
+        view = np.repeat(np.asarray(others), len(X))
+        pidx = np.tile(np.arange(len(X)), len(others))
+        inframe = (z_j > 0) & (uv_j[:, 0] >= 0) & (uv_j[:, 1] >= 0) & (uv_j[:, 0] < W) & (uv_j[:, 1] < H)
+        uv_j, z_j, view, pidx = uv_j[inframe], z_j[inframe], view[inframe], pidx[inframe]
+        if len(z_j) == 0:
+            continue
+        d = sample_depth(depth, uv_j, max_spread=m * z_j, view=view)
+        col = np.clip(uv_j[:, 0].astype(np.int64), 0, W - 1)
+        row = np.clip(uv_j[:, 1].astype(np.int64), 0, H - 1)
+        hidden = (d > 0) & (z_j > d * (1 + m))
+        # in front of every surface j saw near there (or only background near there)
+        conflict = ~hidden & (z_j < nearest_surface[view, row, col] * (1 - m))
+        # compared: points on j's surface, plus those floating in front of it (their large
+        # cycle error is the signature of a wrong camera); ambiguous edge points are left out
+        visible = (d > 0) & ((np.abs(z_j - d) <= m * d) | conflict)
+        n_test = np.bincount(view[~hidden], minlength=V)
+        n_conf = np.bincount(view[conflict], minlength=V)
+        tested += n_test
+        tested[i] += int(n_test.sum())
+        conflicts += n_conf
+        conflicts[i] += int(n_conf.sum())
+        if not visible.any():
+            continue
+        # forward-backward: j's surface point at uv_j, back into view i
+        Xb = _backproject_many(cams, view[visible], uv_j[visible], d[visible])
+        uv_back, _ = cams[i].project(Xb)
+        err_parts.append(np.linalg.norm(uv_back - uv_i[pidx[visible]], axis=1))
+        absd = np.abs(z_j[visible] - d[visible])
+        abs_parts.append(absd)
+        rel_parts.append(absd / d[visible])
+        src_parts.append(np.full(int(visible.sum()), i))
+        dst_parts.append(view[visible])
+    total_tested = int(tested.sum()) // 2
+    total_conflict = int(conflicts.sum()) // 2
 
-    if not all_err:
+    if not err_parts:
         raise ValueError(f"{sample.key}: no point of any view is visible in another view; "
                          "cameras and depth do not describe one subject")
-    e = np.concatenate(all_err)
+    e, absd, rel = np.concatenate(err_parts), np.concatenate(abs_parts), np.concatenate(rel_parts)
+    srcv, dstv = np.concatenate(src_parts), np.concatenate(dst_parts)
     per_view = []
     for v in range(V):
-        ev = np.concatenate(errs[v]) if errs[v] else np.array([np.nan])
-        rv = np.concatenate(rels[v]) if rels[v] else np.array([np.nan])
-        per_view.append({"view": v, "reproj_px_median": float(np.median(ev)), "depth_rel_median": float(np.median(rv)),
+        sel = (srcv == v) | (dstv == v)
+        per_view.append({"view": v,
+                         "reproj_px_median": float(np.median(e[sel])) if sel.any() else float("nan"),
+                         "depth_rel_median": float(np.median(rel[sel])) if sel.any() else float("nan"),
                          "conflict_frac": float(conflicts[v] / tested[v]) if tested[v] else float("nan"),
                          "depth_alpha_iou": depth_alpha_iou[v]})
     view_err = np.array([p["reproj_px_median"] for p in per_view])
     view_conf = np.array([p["conflict_frac"] for p in per_view])
     worst = int(np.nanargmax(view_err))
     mm = sample.meta.get("mm_per_unit")
-    abs_med = float(np.median(np.concatenate(all_abs)))
+    abs_med = float(np.median(absd))
     return ConsistencyReport(
         reproj_px_median=float(np.median(e)), reproj_px_p90=float(np.percentile(e, 90)),
         reproj_px_worst_view=float(np.nanmax(view_err)),
-        depth_abs_median=abs_med, depth_rel_median=float(np.median(np.concatenate(all_rel))),
+        depth_abs_median=abs_med, depth_rel_median=float(np.median(rel)),
         depth_mm_median=abs_med * float(mm) if mm else None,
         conflict_frac=total_conflict / max(total_tested, 1),
         conflict_frac_worst_view=float(np.nanmax(view_conf)) if np.isfinite(view_conf).any() else 0.0,
         depth_alpha_iou_min=float(min(depth_alpha_iou)),
-        points_tested=total_tested, points_visible=total_visible, worst_view=worst, per_view=per_view)
+        points_tested=total_tested, points_visible=int(len(e)), worst_view=worst, per_view=per_view)
 
 
 # -- alpha vs the body mesh ------------------------------------------------------------------

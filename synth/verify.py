@@ -222,7 +222,8 @@ def _pick(total: int, n: int | None) -> set[int]:
 
 
 def verify_dir(directory: str | Path, samples: int | None = None, thresholds: gc.Thresholds | None = None,
-               cfg: gc.ConsistencyConfig | None = None, mesh_iou: bool = True, progress: bool = True) -> VerifyReport:
+               cfg: gc.ConsistencyConfig | None = None, mesh_iou: bool = True, progress: bool = True,
+               geometry: bool = True) -> VerifyReport:
     """Run every check on a shard folder (module docstring) and return the report."""
     t0 = time.perf_counter()
     directory = Path(directory)
@@ -253,7 +254,7 @@ def verify_dir(directory: str | Path, samples: int | None = None, thresholds: gc
                 keys_found.append(key)
                 if g in chosen:
                     bar.update(1)
-                    report.samples.append(_check_sample(fields, name, report.source, th, cfg, mesh_iou))
+                    report.samples.append(_check_sample(fields, name, report.source, th, cfg, mesh_iou, geometry))
                 g += 1
         except ShardError as e:
             report.problems.append(str(e))
@@ -273,7 +274,8 @@ def verify_dir(directory: str | Path, samples: int | None = None, thresholds: gc
     return report
 
 
-def _check_sample(fields: dict, shard: str, source: str | None, th, cfg, mesh_iou: bool) -> SampleResult:
+def _check_sample(fields: dict, shard: str, source: str | None, th, cfg, mesh_iou: bool,
+                  geometry: bool = True) -> SampleResult:
     t = time.perf_counter()
     res = SampleResult(shard=shard, key=str(fields.get("__key__", "?")))
     try:
@@ -286,7 +288,10 @@ def _check_sample(fields: dict, shard: str, source: str | None, th, cfg, mesh_io
     res.views = sample.num_views
     res.size = f"{sample.rgba.shape[2]}x{sample.rgba.shape[1]}"
     res.problems += check_schema(sample, source)
-    check_geometry(sample, res, th, cfg, mesh_iou=mesh_iou)
+    if geometry:
+        check_geometry(sample, res, th, cfg, mesh_iou=mesh_iou)
+    else:
+        res.notes.append("geometry skipped: --schema-only")
     res.seconds = time.perf_counter() - t
     return res
 
@@ -344,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points-per-view", type=int, default=gc.ConsistencyConfig.points_per_view,
                    help="pixels back-projected per view (more = slower, less noisy)")
     p.add_argument("--no-mesh-iou", action="store_true", help="skip the alpha-vs-body-mesh IoU")
+    p.add_argument("--schema-only", action="store_true", help="checksums and schema only, no geometry (fast)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return p
 
@@ -359,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = gc.ConsistencyConfig(points_per_view=args.points_per_view)
     try:
         report = verify_dir(args.directory, args.samples, th, cfg, mesh_iou=not args.no_mesh_iou,
-                            progress=not args.quiet)
+                            progress=not args.quiet, geometry=not args.schema_only)
     except ShardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
