@@ -1,6 +1,7 @@
 """Periodic evaluation on held-out samples, input and novel views reported separately.
 
-Metrics (train/metrics.py): masked PSNR and SSIM (inside the true alpha mask), mask IoU, and
+Metrics (train/metrics.py): masked PSNR and SSIM (over the union of the true and predicted
+masks), mask IoU, and
 depth error where the sample has depth. Sums and counts are all-reduced, so every rank
 returns the same numbers; padding examples (``valid=False``, data.eval_examples) count zero.
 
@@ -44,6 +45,9 @@ def evaluate(model: torch.nn.Module, examples: list[dict], cfg, device: torch.de
     counts: dict[str, float] = {}
 
     def add(name: str, values: torch.Tensor, weight: torch.Tensor):
+        values = values.float()
+        weight = torch.where(torch.isfinite(values), weight, torch.zeros_like(weight))   # empty masks -> NaN
+        values = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         sums[name] = sums.get(name, 0.0) + float((values * weight).sum())
         counts[name] = counts.get(name, 0.0) + float(weight.sum())
 
@@ -67,8 +71,8 @@ def evaluate(model: torch.nn.Module, examples: list[dict], cfg, device: torch.de
             nv = sl.stop - sl.start
             w = valid.repeat_interleave(nv)
             wd = has_depth.repeat_interleave(nv)
-            add(f"{group}/psnr", M.masked_psnr(pr, gt, ga), w)
-            add(f"{group}/ssim", M.masked_ssim(pr, gt, ga), w)
+            add(f"{group}/psnr", M.masked_psnr(pr, gt, ga, pa), w)
+            add(f"{group}/ssim", M.masked_ssim(pr, gt, ga, pa), w)
             add(f"{group}/mask_iou", M.mask_iou(pa, ga), w)
             if float(wd.sum()) > 0:
                 add(f"{group}/depth_abs_err", M.depth_error(pd, gd, ga), wd)

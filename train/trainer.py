@@ -244,7 +244,7 @@ class Trainer:
                     nonfinite = True
                 (total / self.accum).backward()
             for k, v in {**parts, "total": total}.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / self.accum
+                parts_sum[k] = parts_sum.get(k, 0.0) + float(torch.as_tensor(v).detach()) / self.accum
             last_batch, last_out = batch, out
         flag = torch.tensor([1.0 if nonfinite else 0.0], device=self.device)
         if self.world > 1:

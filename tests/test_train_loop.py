@@ -1,0 +1,110 @@
+"""train.trainer at tiny size on CPU: resume exactness, missing checkpoints, skipped steps, freezing."""
+import pytest
+import torch
+
+from mousefacelift.config import compose
+from train.checkpoint import CheckpointError, load_checkpoint
+from train.fake_data import write_sphere_shards
+from train.trainer import Trainer, apply_freeze, freeze_patterns
+from train.schedule import lr_factor, param_groups
+
+SIZE = 16   # the CPU reference splatter dominates; 16 px x 4 views keeps a step ~0.1 s
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_shards")
+    write_sphere_shards(str(root / "objects"), samples=4, per_shard=2, size=SIZE, source="object", prefix="obj", seed=4)
+    write_sphere_shards(str(root / "mouse"), samples=4, per_shard=2, size=SIZE, source="mouse", seed=5)
+    return root
+
+
+def tiny_cfg(run_root, shard_root, *extra):
+    return compose("train", [
+        "model=tiny", f"run_root={run_root}", f"shard_root={shard_root}", "data.resolution=16", "data.num_workers=0",
+        "data.view_sampling.num_views=4", "data.view_sampling.num_input_views=2",
+        "data.view_sampling.max_target_distance_deg=180", "train.log_every=1", "train.eval_every=0",
+        "train.image_every=0", "train.ckpt_every=100", "train.tensorboard=false", "optim.warmup_steps=1",
+        "loss.perceptual_weight=0", "device=cpu", *extra])
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_exact(tmp_path, shard_root):
+    straight = Trainer(tiny_cfg(tmp_path / "a", shard_root, "phase=pretrain", "train.steps=4"))
+    straight.fit()
+    first = Trainer(tiny_cfg(tmp_path / "b", shard_root, "phase=pretrain", "train.steps=4", "train.stop_after_steps=2"))
+    first.fit()
+    assert load_checkpoint(tmp_path / "b/pretrain/checkpoints/last.pt")["step"] == 2
+    second = Trainer(tiny_cfg(tmp_path / "b", shard_root, "phase=pretrain", "train.steps=4", "resume=true"))
+    assert second.step == 2
+    second.fit()
+    a, b = _params(straight.model), _params(second.model)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight.counters["samples"] == second.counters["samples"] == 4
+    ck = load_checkpoint(tmp_path / "b/pretrain/checkpoints/last.pt")
+    for field in ("optimizer", "scheduler", "rng", "config", "git_revision", "data_manifests", "stream_positions"):
+        assert field in ck, field
+    assert any("manifest_sha256" in r for recs in ck["data_manifests"].values() for r in recs)
+
+
+def test_missing_checkpoints_are_errors(tmp_path, shard_root):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", f"init_from={tmp_path}/nope.pt"))
+    with pytest.raises(CheckpointError, match="resume=true"):
+        Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", "resume=true"))
+    # phase=synthetic starts from the pretrain output by default: absent -> error, not a fresh start
+    with pytest.raises(CheckpointError, match="init_from of phase synthetic"):
+        Trainer(tiny_cfg(tmp_path, shard_root, "phase=synthetic"))
+
+
+def test_nonfinite_and_spike_steps_are_skipped(tmp_path, shard_root):
+    tr = Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", "train.steps=3"))
+    real = tr.compute_losses
+
+    def poisoned(out, batch, cfg, step):
+        total, parts = real(out, batch, cfg, step)
+        return (total * float("nan") if step == 1 else total), parts
+
+    tr.compute_losses = poisoned
+    it = iter(__import__("train.data", fromlist=["make_train_loader"]).make_train_loader(tr.cfg.data, 0))
+    tr.train_step(it)
+    before = _params(tr.model)
+    res = tr.train_step(it)
+    assert res["skipped"] == "nonfinite" and tr.counters["skipped_nonfinite"] == 1
+    assert all(torch.equal(before[k], v) for k, v in _params(tr.model).items())
+    res = tr.train_step(it)
+    assert res["skipped"] is None
+    assert any(not torch.equal(before[k], v) for k, v in _params(tr.model).items())
+    # a grad-norm spike against the running median is skipped too
+    tr.tcfg.skip.min_history = 1
+    tr.tcfg.skip.spike_factor = 1e-6
+    assert tr.train_step(it)["skipped"] == "spike" and tr.counters["skipped_spike"] == 1
+
+
+def test_freeze_policy_and_param_groups(tmp_path, shard_root):
+    cfg = tiny_cfg(tmp_path, shard_root, "phase=real")
+    pats = freeze_patterns(cfg.phase)
+    assert "blocks.0.*" in pats and "blocks.1.*" in pats and "blocks.2.*" not in pats
+    from mousefacelift.models.gslrm import GSLRM
+    m = GSLRM.from_config(cfg.model)
+    frozen = apply_freeze(m, pats)
+    assert "tokenizer.weight" in frozen and not any(n.startswith("blocks.2.") for n in frozen)
+    assert all(not p.requires_grad for n, p in m.named_parameters() if n.startswith("blocks.1."))
+    groups = param_groups(m, 0.05)
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and all(p.ndim < 2 for p in groups[1]["params"])
+    assert groups[1]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="matches no parameter"):
+        apply_freeze(m, ["encoder.*"])
+    assert cfg.loss.depth_weight == 0 and cfg.optim.lr < compose("train", ["phase=synthetic"]).optim.lr
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_factor(s, 10, 100, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] == pytest.approx(0.1, abs=1e-3)
