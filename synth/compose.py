@@ -56,7 +56,7 @@ def dataset_config(cfg: Any) -> dict:
     c = dict(_plain(cfg))
     for k in OPERATIONAL_KEYS:
         c.pop(k, None)
-    preset = quality_preset(str(c.get("quality", "train")))
+    preset = quality_preset(str(c.get("preset", "train")))
     c["quality_preset"] = preset
     c["image_size"] = int(c.get("resolution") or preset["resolution"])
     return c
@@ -119,7 +119,7 @@ class MouseComposer:
         self.sampler = PoseSampler(model, self.plain.get("pose") or None)
         self.size = int(self.dataset_config["image_size"])
         self._appearance = _appearance_api(self.plain.get("appearance") or {})
-        self._lighting = _lighting_api(self.plain.get("lighting") or {})
+        self._lighting = _lighting_api(self.plain.get("lighting") or None)
 
     def compose(self, index: int, seed: int | None = None) -> SceneSpec:
         index = int(index)
@@ -214,11 +214,11 @@ def _appearance_api(cfg: Mapping):
     return sample
 
 
-def _lighting_api(cfg: Mapping):
+def _lighting_api(cfg: Mapping | None):
     """``rng -> (EnvironmentSpec, [AreaLightSpec], meta dict)``."""
     from synth import lighting
 
-    sampler = lighting.LightingSampler(cfg) if hasattr(lighting, "LightingSampler") else None
+    sampler = lighting.LightingSampler(dict(cfg) if cfg else None) if hasattr(lighting, "LightingSampler") else None
 
     def sample(rng: np.random.Generator):
         res = sampler.sample(rng) if sampler is not None else lighting.sample_lighting(rng, cfg)

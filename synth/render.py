@@ -47,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "JOB_COMPLETIONS, or 1)")
     p.add_argument("--shard-index", "--job-index", dest="job_index", type=int,
                    help="which part this job renders (default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)")
-    p.add_argument("--model", help="body model: 'procedural' (built in) or a MAMMAL model folder [model]")
+    p.add_argument("--model", help="body model: 'procedural' (built in) or a MAMMAL model folder [body_model]")
     p.add_argument("--seed", type=int, help="base seed [seed]")
-    p.add_argument("--quality", help="preview | train | final (configs/quality/) [quality]")
+    p.add_argument("--quality", help="preview | train | final (configs/quality/) [preset]")
     p.add_argument("--resolution", type=int, help="square image size in pixels (default: the quality preset's)")
     p.add_argument("--samples", type=int, help="Cycles samples per pixel (default: the quality preset's)")
     p.add_argument("--rig", help="camera rig: a configs/rig/ name or any make_rig spec (sphere32, mv6, sphere26+mv6)")
+    p.add_argument("--hdri-folder", help="extra folder of .hdr/.exr maps added to the built-in pool [lighting.hdri.folder]")
     p.add_argument("--samples-per-shard", type=int, help="poses per shard S [samples_per_shard]")
     p.add_argument("--recycle-every", type=int, help="restart a worker after this many poses [run.recycle_every]")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="Cycles device [run.device]")
@@ -79,10 +80,10 @@ def overrides_from_args(a: argparse.Namespace) -> list[str]:
     ov: list[str] = []
     if a.rig is not None:
         ov.append(_rig_override(a.rig))
-    simple = {"poses": "run.poses", "out": "run.out", "workers": "run.workers", "model": "model", "seed": "seed",
-              "quality": "quality", "resolution": "resolution", "samples": "samples",
+    simple = {"poses": "run.poses", "out": "run.out", "workers": "run.workers", "model": "body_model", "seed": "seed",
+              "quality": "preset", "resolution": "resolution", "samples": "samples",
               "samples_per_shard": "samples_per_shard", "recycle_every": "run.recycle_every",
-              "device": "run.device", "threads": "run.threads", "num_jobs": "run.num_jobs", "job_index": "run.job_index"}
+              "device": "run.device", "hdri_folder": "lighting.hdri.folder", "threads": "run.threads", "num_jobs": "run.num_jobs", "job_index": "run.job_index"}
     for attr, key in simple.items():
         v = getattr(a, attr)
         if v is not None:
@@ -118,14 +119,14 @@ def validate_config(cfg) -> None:
         if v is not None and (not isinstance(v, int) or v < 1):
             raise RenderError(f"{name} must be a positive integer or null, got {v!r}")
     try:
-        quality_preset(str(cfg["quality"]))
+        quality_preset(str(cfg["preset"]))
     except ValueError as e:
         raise RenderError(f"--quality: {e}") from None
     try:
         make_rig(str(cfg["rig"]["name"]), size=8, radius=float(cfg["rig"]["radius"]), fov_deg=float(cfg["rig"]["fov_deg"]))
     except ValueError as e:
         raise RenderError(f"--rig: {e}") from None
-    m = str(cfg["model"])
+    m = str(cfg["body_model"])
     if m not in ("procedural", "mammal") and not Path(m).expanduser().is_dir():
         raise RenderError(f"--model {m!r}: not 'procedural' and not an existing folder (expected the MAMMAL mouse "
                           "model folder holding mouse.pkl and mouse_txt/)")
@@ -162,7 +163,7 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     # the HDRI pool, so a bad model folder / HDR folder stops here, before any worker starts.
     from mousefacelift.body import load_body_model
     try:
-        model = load_body_model(plain["model"])
+        model = load_body_model(plain["body_model"])
         composer = MouseComposer(model, plain)
         composer.compose(0)
     except (FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError) as e:
@@ -193,7 +194,8 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
         if not force:
             raise RenderError(str(e)) from None
         log.warning("--force-config: %s", e)
-        S.rebuild_manifest(out, header, prefix=plain["prefix"], config_hash=chash)
+        if not dry_run:
+            S.rebuild_manifest(out, header, prefix=plain["prefix"], config_hash=chash)
     except S.ShardError as e:
         raise RenderError(str(e)) from None
 
@@ -208,7 +210,7 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     log.info("%s: %d poses in %d shards of %d; this job (%s: %d of %d) owns %d shards, %d already complete, "
              "%d to render (%d poses) with %d worker(s) x %d thread(s); quality %s, %dpx, rig %s, config %s",
              out, N, W.num_shards(N, Ssz), Ssz, slot.origin, slot.job_index, slot.num_jobs, len(mine),
-             len(mine) - len(todo), len(todo), todo_poses, workers, threads, plain["quality"], dcfg["image_size"],
+             len(mine) - len(todo), len(todo), todo_poses, workers, threads, plain["preset"], dcfg["image_size"],
              plain["rig"]["name"], chash)
     summary = {"out": str(out), "config_hash": chash, "job": slot.job_index, "num_jobs": slot.num_jobs,
                "shards_owned": len(mine), "shards_todo": len(todo), "poses_todo": todo_poses, "rendered_shards": [],

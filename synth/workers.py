@@ -138,7 +138,7 @@ def make_renderer(cfg: Mapping, device: str, threads: int):
 
     from blender.backend import BlenderRenderer
 
-    kw = {"quality": cfg["quality"], "device": device, "resolution": cfg.get("resolution"), "samples": cfg.get("samples")}
+    kw = {"quality": cfg["preset"], "device": device, "resolution": cfg.get("resolution"), "samples": cfg.get("samples")}
     params = inspect.signature(BlenderRenderer).parameters
     if "threads" in params and threads:
         kw["threads"] = int(threads)
@@ -157,7 +157,7 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
         from synth.compose import MouseComposer
         from synth.shards import ShardError, ShardWriter
 
-        model = load_body_model(cfg["model"])
+        model = load_body_model(cfg["body_model"])
         composer = MouseComposer(model, cfg)
         renderer = make_renderer(cfg, args.device, args.threads)
     except Exception as e:   # setup failures are the same for every retry
