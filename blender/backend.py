@@ -174,7 +174,7 @@ class BlenderRenderer:
         self.scene = bpy.context.scene
         self.device = configure_device(self.scene, device)
         self._configure_scene()
-        self.world = WorldRig(self.scene)
+        self.world = WorldRig(self.scene, self.preset.env_map_resolution)
         cam_data = bpy.data.cameras.new("mfl_camera")
         self.camera = bpy.data.objects.new("mfl_camera", cam_data)
         self.scene.collection.objects.link(self.camera)

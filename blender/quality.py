@@ -28,6 +28,7 @@ class QualityPreset:
     transmission_bounces: int
     transparent_bounces: int
     filter_width: float
+    env_map_resolution: int
 
     def with_overrides(self, resolution: int | None = None, samples: int | None = None) -> "QualityPreset":
         out = self
@@ -64,6 +65,6 @@ def load_quality(name: str, directory: Path | str = QUALITY_DIR) -> QualityPrese
             raise ValueError(f"{path}: field {key!r} must be {typ}, got {raw[key]!r}") from None
     if values["denoiser"] not in DENOISERS:
         raise ValueError(f"{path}: denoiser must be one of {DENOISERS}, got {values['denoiser']!r}")
-    if values["samples"] <= 0 or values["resolution"] <= 0:
-        raise ValueError(f"{path}: samples and resolution must be positive")
+    if values["samples"] <= 0 or values["resolution"] <= 0 or values["env_map_resolution"] <= 0:
+        raise ValueError(f"{path}: samples, resolution and env_map_resolution must be positive")
     return QualityPreset(name=name, **values)

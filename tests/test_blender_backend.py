@@ -1,0 +1,213 @@
+"""BlenderRenderer end to end at 32-64 px: cameras, planar depth, normals, alpha, reuse, errors, memory.
+
+One renderer for the whole module (bpy has one global scene per process), few samples,
+two threads.
+"""
+import os
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from blender.backend import BlenderRenderer, HdrError  # noqa: E402
+from mousefacelift.cameras import Camera, intrinsics_from_fov, look_at  # noqa: E402
+from mousefacelift.meshraster import rasterize  # noqa: E402
+from mousefacelift.scene import (AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec,  # noqa: E402
+                                 SceneSpec)
+
+from synth.lighting import builtin_hdris  # noqa: E402
+
+
+def _icosphere(center, radius, subdivisions=3):
+    t = (1 + 5 ** 0.5) / 2
+    v = np.array([[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
+                  [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]], float)
+    f = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6],
+         [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10],
+         [8, 6, 7], [9, 8, 1]]
+    verts, faces = list(v / np.linalg.norm(v, axis=1, keepdims=True)), np.array(f)
+    for _ in range(subdivisions):
+        cache, new = {}, []
+
+        def mid(a, b):
+            key = (min(a, b), max(a, b))
+            if key not in cache:
+                m = verts[a] + verts[b]
+                verts.append(m / np.linalg.norm(m))
+                cache[key] = len(verts) - 1
+            return cache[key]
+        for a, b, c in faces:
+            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
+            new += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
+        faces = np.array(new)
+    return np.array(verts) * radius + np.asarray(center, float), faces
+
+
+def _mesh(vertices, faces, color=(0.8, 0.3, 0.2), smooth=True, **kw):
+    return MeshSpec(vertices=vertices, faces=faces, face_region=np.zeros(len(faces), int), regions=["fur"],
+                    materials={"fur": MaterialSpec(base_color=color, **kw)}, smooth=smooth)
+
+
+def _plane(z0, half=3.0):
+    v = np.array([[-half, -half, z0], [half, -half, z0], [half, half, z0], [-half, half, z0]], float)
+    return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+
+WHITE = EnvironmentSpec(color=(1.0, 1.0, 1.0), strength=1.0)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    with BlenderRenderer(quality="preview", device="auto", samples=4, threads=2) as r:
+        yield r
+
+
+def test_auto_device_falls_back_to_cpu_here(renderer):
+    assert renderer.device in ("CPU", "OPTIX", "CUDA", "HIP", "METAL", "ONEAPI")
+    if not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        assert renderer.device == "CPU"
+
+
+@pytest.mark.parametrize("shift", [(0.0, 0.0), (9.0, -6.0)])
+def test_sphere_appears_where_K_w2c_project_it(renderer, shift):
+    center = np.array([0.3, -0.2, 0.1])
+    v, f = _icosphere(center, 0.08)
+    K = intrinsics_from_fov(50, 64, 48)
+    K[0, 2] += shift[0]
+    K[1, 2] += shift[1]
+    K[1, 1] *= 1.1                                         # non-square pixels too
+    cam = Camera(K=K, w2c=look_at([2.5, 0.5, 1.0]), width=64, height=48)
+    out = renderer.render(SceneSpec(meshes=[_mesh(v, f)], cameras=[cam], environment=WHITE))
+    a = out.rgba[0, ..., 3].astype(float)
+    ys, xs = np.nonzero(a)
+    w = a[ys, xs]
+    centroid = np.array([(xs * w).sum() / w.sum() + 0.5, (ys * w).sum() / w.sum() + 0.5])
+    uv, _ = cam.project(center[None])
+    assert np.linalg.norm(centroid - uv[0]) < 0.5, (centroid, uv)
+
+
+def test_depth_is_planar_z_and_matches_the_rasterizer(renderer):
+    # A plane perpendicular to the optical axis at distance 2: planar z is 2 everywhere,
+    # while ray length would grow to 2 / cos(angle) (about 2.4 in the corners at 70 deg fov).
+    v, f = _plane(0.0)
+    cam = Camera(K=intrinsics_from_fov(70, 48, 40), w2c=look_at([0, 0, 2.0], up=(0, 1, 0)), width=48, height=40)
+    out = renderer.render(SceneSpec(meshes=[_mesh(v, f)], cameras=[cam], environment=WHITE))
+    d = out.depth[0]
+    assert (d > 0).all()
+    np.testing.assert_allclose(d, 2.0, atol=2e-3)
+    # a sphere against the numpy rasterizer (interior pixels, away from silhouettes)
+    sv, sf = _icosphere([0.1, 0.0, 0.0], 0.5, subdivisions=4)
+    cam2 = Camera(K=intrinsics_from_fov(50, 48), w2c=look_at([2.2, 1.0, 0.8]), width=48, height=48)
+    out2 = renderer.render(SceneSpec(meshes=[_mesh(sv, sf, smooth=False)], cameras=[cam2], environment=WHITE))
+    ref, _, mask = rasterize(sv, sf, cam2.K, cam2.w2c, 48, 48)
+    inner = mask & (out2.rgba[0, ..., 3] == 255)
+    from scipy.ndimage import binary_erosion
+    inner = binary_erosion(inner, iterations=2)
+    assert inner.sum() > 200
+    err = np.abs(out2.depth[0][inner] - ref[inner])
+    assert np.median(err) < 5e-3 and err.max() < 0.05
+
+
+def test_normals_face_the_camera_and_background_is_transparent(renderer):
+    v, f = _icosphere([0, 0, 0], 0.6)
+    cams = [Camera(K=intrinsics_from_fov(50, 40), w2c=look_at(p), width=40, height=40)
+            for p in ([2.7, 0, 0], [0, -2.0, 1.8])]
+    out = renderer.render(SceneSpec(meshes=[_mesh(v, f)], cameras=cams, environment=WHITE))
+    for i in range(2):
+        hit = out.depth[i] > 0
+        n = out.normal[i]
+        np.testing.assert_allclose(np.linalg.norm(n[hit], axis=-1), 1.0, atol=1e-3)
+        assert (n[hit][:, 2] < 0.05).mean() > 0.97          # OpenCV: toward the camera is -z
+        assert not n[~hit].any()
+        assert out.rgba[i, 0, 0, 3] == 0 and (out.rgba[i][..., 3] == 0).mean() > 0.3
+        assert (out.rgba[i][out.rgba[i][..., 3] == 0][:, :3] == 0).all()
+        # straight alpha: partially covered edge pixels keep the surface colour, not colour*alpha
+        a = out.rgba[i][..., 3]
+        edge = (a > 20) & (a < 160)
+        inner = a == 255
+        assert edge.sum() > 5
+        ratio = out.rgba[i][edge][:, 0].mean() / out.rgba[i][inner][:, 0].mean()
+        assert ratio > 0.75, ratio
+        c = out.normal[i][20, 20]
+        assert c[2] < -0.95                                   # the sphere's centre faces the camera head-on
+
+
+def test_reuse_across_meshes_and_camera_counts_is_deterministic(renderer):
+    sv, sf = _icosphere([0, 0, 0], 0.5)
+    cube_v = np.array([[x, y, z] for x in (-.4, .4) for y in (-.4, .4) for z in (-.4, .4)])
+    cube_f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6],
+                       [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    cams3 = [Camera(K=intrinsics_from_fov(50, 32), w2c=look_at(p), width=32, height=32)
+             for p in ([2.7, 0, 0.3], [0, 2.7, 0.3], [-2, -2, 1])]
+    sphere = SceneSpec(meshes=[_mesh(sv, sf)], cameras=cams3, environment=WHITE)
+    a = renderer.render(sphere)
+    b = renderer.render(SceneSpec(meshes=[_mesh(cube_v, cube_f, color=(0.2, 0.3, 0.9))], cameras=cams3[:1],
+                                  environment=WHITE))
+    c = renderer.render(sphere)
+    assert a.rgba.shape == (3, 32, 32, 4) and b.rgba.shape == (1, 32, 32, 4)
+    assert (np.abs(a.rgba[0].astype(int) - c.rgba[0].astype(int)) <= 2).all()
+    assert ((a.rgba[0, ..., 3] > 0) != (b.rgba[0, ..., 3] > 0)).sum() > 20    # silhouette changed
+    assert b.rgba[0][b.rgba[0, ..., 3] == 255][:, 2].mean() > b.rgba[0][b.rgba[0, ..., 3] == 255][:, 0].mean()
+    # two meshes at once, then back to one: the extra mesh must disappear
+    two = renderer.render(SceneSpec(meshes=[_mesh(sv * 0.5 + [0, 0.5, 0], sf), _mesh(cube_v * 0.5 - [0, 0.5, 0], cube_f)],
+                                    cameras=cams3[:1], environment=WHITE))
+    one = renderer.render(SceneSpec(meshes=[_mesh(sv * 0.5 + [0, 0.5, 0], sf)], cameras=cams3[:1], environment=WHITE))
+    assert (two.rgba[0, ..., 3] > 0).sum() > (one.rgba[0, ..., 3] > 0).sum() + 20
+
+
+def test_hdri_sky_and_area_lights_light_the_subject(renderer):
+    hdris = builtin_hdris()
+    assert hdris, "bpy ships studio-light HDRIs"
+    v, f = _icosphere([0, 0, 0], 0.6)
+    cam = [Camera(K=intrinsics_from_fov(50, 32), w2c=look_at([2.7, 0, 0.5]), width=32, height=32)]
+    mean = {}
+    for name, env, lights in [
+        ("hdri", EnvironmentSpec(hdri=str(hdris[0]), rotation_deg=45.0, strength=1.0), []),
+        ("sky", EnvironmentSpec(sky={"sun_elevation_deg": 40.0, "sun_azimuth_deg": 10.0}, strength=0.3), []),
+        ("dark", EnvironmentSpec(color=(0, 0, 0), strength=0.0), []),
+        ("area", EnvironmentSpec(color=(0, 0, 0), strength=0.0), [AreaLightSpec(position=(2, 0, 2), power_w=300)]),
+    ]:
+        out = renderer.render(SceneSpec(meshes=[_mesh(v, f, color=(0.7, 0.7, 0.7))], cameras=cam,
+                                        environment=env, area_lights=lights))
+        assert out.rgba[0, 0, 0, 3] == 0
+        mean[name] = out.rgba[0][out.rgba[0, ..., 3] == 255][:, :3].mean()
+    assert mean["dark"] < 2 and mean["hdri"] > 10 and mean["sky"] > 10 and mean["area"] > 10, mean
+
+
+def test_bad_hdr_path_names_the_file(renderer, tmp_path):
+    v, f = _icosphere([0, 0, 0], 0.5, subdivisions=1)
+    cam = [Camera(K=intrinsics_from_fov(50, 16), w2c=look_at([2.7, 0, 0]), width=16, height=16)]
+    missing = tmp_path / "nope.hdr"
+    with pytest.raises(HdrError, match="nope.hdr"):
+        renderer.render(SceneSpec(meshes=[_mesh(v, f)], cameras=cam, environment=EnvironmentSpec(hdri=str(missing))))
+    junk = tmp_path / "junk.exr"
+    junk.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(HdrError, match="junk.exr"):
+        renderer.render(SceneSpec(meshes=[_mesh(v, f)], cameras=cam, environment=EnvironmentSpec(hdri=str(junk))))
+
+
+def test_memory_stays_flat_across_repeated_renders(renderer):
+    v, f = _icosphere([0, 0, 0], 0.5, subdivisions=2)
+    hdris = builtin_hdris()[:2]
+    cam = [Camera(K=intrinsics_from_fov(50, 16), w2c=look_at([2.7, 0, 0]), width=16, height=16)]
+    rng = np.random.default_rng(0)
+
+    def counts():
+        return {k: len(getattr(bpy.data, k)) for k in ("objects", "meshes", "materials", "images", "lights",
+                                                         "worlds", "cameras", "node_groups", "textures")}
+    seen = []
+    for i in range(20):
+        vv = v * rng.uniform(0.8, 1.2) if i % 3 else _icosphere([0, 0, 0], 0.5, subdivisions=1 + i % 2)[0]
+        ff = f if i % 3 else _icosphere([0, 0, 0], 0.5, subdivisions=1 + i % 2)[1]
+        env = EnvironmentSpec(hdri=str(hdris[i % 2]), rotation_deg=float(i * 30))
+        lights = [AreaLightSpec(position=(2, 0, 2))] * (i % 3)
+        renderer.render(SceneSpec(meshes=[_mesh(vv, ff)], cameras=cam, environment=env, area_lights=lights))
+        seen.append(counts())
+    assert all(s == seen[3] for s in seen[3:]), seen[3:]
+    assert not os.listdir(renderer._tmp)                                       # no leftover EXR files
+
+
+def test_only_one_renderer_per_process(renderer):
+    with pytest.raises(RuntimeError, match="already open"):
+        BlenderRenderer(quality="preview")
