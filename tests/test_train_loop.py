@@ -66,8 +66,8 @@ def test_nonfinite_and_spike_steps_are_skipped(tmp_path, shard_root):
     tr = Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", "train.steps=3"))
     real = tr.compute_losses
 
-    def poisoned(out, batch, cfg, step):
-        total, parts = real(out, batch, cfg, step)
+    def poisoned(out, batch, cfg, step, gaussians=None):
+        total, parts = real(out, batch, cfg, step, gaussians=gaussians)
         return (total * float("nan") if step == 1 else total), parts
 
     tr.compute_losses = poisoned

@@ -211,7 +211,7 @@ class Trainer:
             gaussians = self.ddp(batch["input_rgb"], batch["input_K"], batch["input_c2w"])
             H, W = batch["rgb"].shape[-2:]
             out = splat.render(gaussians.float(), batch["K"], batch["c2w"], H, W, background=batch["background"])
-        total, parts = self.compute_losses(out, batch, self.cfg.loss, self.step)
+        total, parts = self.compute_losses(out, batch, self.cfg.loss, self.step, gaussians=gaussians)
         return total.float(), parts, out
 
     def _note_batch(self, batch: dict) -> None:
