@@ -71,8 +71,8 @@ def test_penetration_and_crossing_are_rejected(sampler, model):
     tail = model.segments["tail"]
     p.joint_rot[1, tail[:3], 0] = np.deg2rad(170 / 3)      # tail folded up and forward into the body
     hip_l, hip_r = model.segments["hip_l"][0], model.segments["hip_r"][0]
-    p.joint_rot[2, hip_l, 2] = np.deg2rad(60)               # left leg swung across the midline
-    p.joint_rot[2, hip_r, 2] = np.deg2rad(-60)
+    p.joint_rot[2, hip_l, 1] = -np.pi / 2                  # legs twisted so the feet swap sides
+    p.joint_rot[2, hip_r, 1] = np.pi / 2
     score, reasons, _ = sampler._evaluate(p)
     assert score[0] == 0
     assert reasons["penetration"][1] and score[1] > 0
