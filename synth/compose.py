@@ -23,7 +23,7 @@ import torch
 from mousefacelift.cameras import make_rig
 from mousefacelift.config import config_hash, configs_dir, to_container
 from mousefacelift.sample import SCHEMA
-from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for, materials_to_meta
+from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for
 
 log = logging.getLogger(__name__)
 
@@ -190,46 +190,33 @@ def compose_mouse(index: int, seed: int, model, cfg: Any) -> SceneSpec:
     return MouseComposer(model, cfg).compose(index, seed)
 
 
-# -- adapters to synth.appearance / synth.lighting (helper 2's modules) -----------------------
-def _appearance_api(cfg: Mapping):
-    """``(rng, region_names) -> (materials {region: MaterialSpec}, meta dict)``."""
-    from synth import appearance
+# -- coat and lighting (helper modules synth.appearance / synth.lighting) ----------------------
+def _appearance_api(cfg: Mapping | None):
+    """``(rng, region_names) -> (materials {region: MaterialSpec}, meta dict)``; every region
+    of the body model must get a material (a model with an unknown region fails clearly)."""
+    from synth.appearance import AppearanceSampler
 
-    sampler = appearance.CoatSampler(cfg) if hasattr(appearance, "CoatSampler") else None
+    sampler = AppearanceSampler(dict(cfg) if cfg else None)
 
     def sample(rng: np.random.Generator, regions: list[str]):
-        if sampler is not None:
-            coat = sampler.sample(rng, regions)
-        else:
-            coat = appearance.sample_coat(rng, regions, cfg)
-        if isinstance(coat, tuple):
-            materials, meta = coat
-        else:
-            materials = coat.materials
-            meta = coat.to_meta() if hasattr(coat, "to_meta") else {"family": getattr(coat, "family", None)}
-        meta = dict(meta)
-        meta.setdefault("materials", materials_to_meta(materials))
-        return materials, meta
+        materials, meta = sampler.sample(rng)
+        missing = [r for r in regions if r not in materials]
+        if missing:
+            raise ValueError(f"appearance: no material for body regions {missing} (the coat sampler covers "
+                             f"{sorted(materials)})")
+        return {r: materials[r] for r in regions}, dict(meta)
 
     return sample
 
 
 def _lighting_api(cfg: Mapping | None):
     """``rng -> (EnvironmentSpec, [AreaLightSpec], meta dict)``."""
-    from synth import lighting
+    from synth.lighting import LightingSampler
 
-    sampler = lighting.LightingSampler(dict(cfg) if cfg else None) if hasattr(lighting, "LightingSampler") else None
+    sampler = LightingSampler(dict(cfg) if cfg else None)
 
     def sample(rng: np.random.Generator):
-        res = sampler.sample(rng) if sampler is not None else lighting.sample_lighting(rng, cfg)
-        if isinstance(res, tuple):
-            env, lights, meta = res
-        else:
-            env, lights = res.environment, res.area_lights
-            meta = res.to_meta() if hasattr(res, "to_meta") else {}
-        meta = dict(meta)
-        meta.setdefault("environment", _json_safe(env))
-        meta.setdefault("area_lights", _json_safe(lights))
-        return env, lights, meta
+        env, lights, meta = sampler.sample(rng)
+        return env, list(lights), dict(meta)
 
     return sample
