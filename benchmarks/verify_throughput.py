@@ -9,12 +9,15 @@ samples/s and ratios. The CPU may be shared: compare rows of one run, not across
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from synth import geometry_checks as gc  # noqa: E402
 from synth.tables import format_table  # noqa: E402
@@ -56,6 +59,33 @@ def main() -> None:
           f"(made in {make_s:.1f} s)")
     print(format_table(["mode", "s/sample", "samples/s", "vs schema-only", "reproj px", "worst view px", "depth rel"],
                        rows))
+    print()
+    print(sensitivity(samples[0]))
+
+
+def sensitivity(sample, degrees=(0.0, 0.25, 0.5, 1.0, 2.0), view: int = 3) -> str:
+    """How the figures respond when one camera is turned by a few tenths of a degree."""
+    from dataclasses import replace
+
+    from mousefacelift.sample import MultiViewSample
+
+    th = gc.Thresholds()
+    rows = []
+    for deg in degrees:
+        s = MultiViewSample.decode(sample.encode())
+        c = s.cameras[view]
+        a = math.radians(deg)
+        R = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+        w2c = c.w2c.copy()
+        w2c[:3, :3] = R @ w2c[:3, :3]
+        w2c[:3, 3] = -w2c[:3, :3] @ c.center
+        s.cameras[view] = replace(c, w2c=w2c)
+        r = gc.cross_view_consistency(s)
+        fails = r.reproj_px_worst_view > th.reproj_px_worst_view or r.conflict_frac_worst_view > th.conflict_frac_worst_view
+        rows.append([deg, r.reproj_px_median, r.reproj_px_worst_view, r.conflict_frac_worst_view, r.worst_view,
+                     "FAIL" if fails else "pass"])
+    return format_table(["view %d turned by deg" % view, "reproj px", "worst view px", "conflict worst view",
+                         "worst view", "verdict"], rows, title="sensitivity (one sample)")
 
 
 if __name__ == "__main__":
