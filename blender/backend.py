@@ -180,6 +180,7 @@ class BlenderRenderer:
         self.scene.collection.objects.link(self.camera)
         self.scene.camera = self.camera
         self._meshes: list[_MeshSlot] = []
+        self.exr_bytes = 0            # bytes of pass files read so far (for the benchmark's raw-size figure)
         BlenderRenderer._open = self
         log.info("Blender %s ready: quality=%s samples=%d device=%s threads=%s tmp=%s", bpy.app.version_string,
                  self.preset.name, self.preset.samples, self.device, self.threads or "all", self._tmp)
@@ -253,6 +254,7 @@ class BlenderRenderer:
         self.camera.matrix_world = mathutils.Matrix(p.matrix_world.tolist())
 
     def _read_passes(self, path: str, cam: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self.exr_bytes += os.path.getsize(path)
         ch = read_exr(path)
         os.remove(path)
         pre = f"{VIEW_LAYER}."
