@@ -1,0 +1,220 @@
+"""Real captures: calibration readers, normalisation maths, crop/resize sync, masks, ingest."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mousefacelift.cameras import Camera, look_at
+from mousefacelift.sample import MultiViewSample
+from synth.calibration import Calibration, load_calibration, save_calibration
+from synth.masks import MaskConfig, median_background, subtract_background, threshold_mask
+from synth.real import (NormalizeConfig, Normalization, estimate_normalization, normalize_frame_set, pinhole,
+                        pixels_to_normalized, resample_view, rotation_to_z, triangulate)
+
+
+def _ring_cams(n=6, radius=300.0, size=(160, 128), dist=None, center=(20.0, -10.0, 15.0)) -> list[Camera]:
+    """Cameras in mm around ``center``, off-centre principal points, optional distortion."""
+    cams = []
+    for i in range(n):
+        az = 2 * np.pi * i / n
+        eye = np.array(center) + [radius * np.cos(az), radius * np.sin(az), 120.0 + 20 * (i % 2)]
+        K = np.array([[220.0, 0, size[0] / 2 + 7], [0, 225.0, size[1] / 2 - 5], [0, 0, 1]])
+        cams.append(Camera(K=K, w2c=look_at(eye, center), width=size[0], height=size[1], name=f"cam{i}", dist=dist))
+    return cams
+
+
+def _ellipsoid_masks(cams, center, radii, samples=200_000, seed=0):
+    """Silhouettes of an axis-aligned ellipsoid (dense surface points splatted)."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(samples, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    pts = np.asarray(center) + d * radii * rng.random((samples, 1)) ** (1 / 3)
+    masks = []
+    for c in cams:
+        uv, _ = c.project(pts)
+        m = np.zeros((c.height, c.width), bool)
+        ij = np.floor(uv).astype(int)
+        ok = (ij[:, 0] >= 0) & (ij[:, 1] >= 0) & (ij[:, 0] < c.width) & (ij[:, 1] < c.height)
+        m[ij[ok, 1], ij[ok, 0]] = True
+        masks.append(m)
+    return masks
+
+
+# -- calibration ------------------------------------------------------------------------------
+def test_dannce_calibration(dannce_dir):
+    cal = load_calibration(dannce_dir / "label3d_dannce.mat")
+    assert cal.units == "mm" and len(cal.cameras) == 6
+    assert all(c.dist is not None for c in cal.cameras)
+    assert (cal.cameras[0].width, cal.cameras[0].height) == (1152, 1024)
+    with pytest.raises(ValueError, match="calibration is in 'mm' but the config expects 'm'"):
+        load_calibration(dannce_dir / "label3d_dannce.mat", units="m")
+
+
+@pytest.mark.parametrize("ext", [".json", ".yaml"])
+def test_opencv_round_trip_and_units(tmp_path, ext):
+    cams = _ring_cams(dist=np.array([-0.1, 0.05, 0.001, -0.002, 0.0]))
+    p = tmp_path / f"cams{ext}"
+    save_calibration(p, Calibration(cameras=cams, units="m"))
+    cal = load_calibration(p, units="m")
+    for a, b in zip(cams, cal.cameras):
+        assert np.allclose(a.K, b.K) and np.allclose(a.w2c, b.w2c) and np.allclose(a.dist, b.dist)
+        assert a.name == b.name and (a.width, a.height) == (b.width, b.height)
+    mm = cal.cameras_mm()
+    assert np.allclose(mm[0].center, cams[0].center * 1000)      # metres -> millimetres
+    with pytest.raises(ValueError, match="calibration is in 'm' but the config expects 'mm'"):
+        load_calibration(p, units="mm")
+
+
+def test_units_must_be_stated_and_fields_named(tmp_path):
+    p = tmp_path / "c.json"
+    d = {"cameras": [{"name": "a", "width": 10, "height": 10, "K": np.eye(3).tolist(), "R": np.eye(3).tolist(),
+                      "t": [0, 0, 1]}]}
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="units are not stated"):
+        load_calibration(p)
+    assert load_calibration(p, units="cm").mm_per_unit == 10.0
+    d["units"] = "furlong"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="furlong"):
+        load_calibration(p)
+    d["units"] = "mm"
+    del d["cameras"][0]["R"]
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"cameras\[0\]: missing field 'R'"):
+        load_calibration(p)
+
+
+# -- normalisation maths ----------------------------------------------------------------------
+def test_rotation_to_z():
+    for up in ([0, 0, 1], [0, 1, 0], [1, 2, 3], [0, 0, -1]):
+        R = rotation_to_z(np.array(up, float))
+        assert np.allclose(R @ (np.array(up) / np.linalg.norm(up)), [0, 0, 1])
+        assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1)
+
+
+def test_normalization_keeps_projection_and_distance_ratios():
+    cams = _ring_cams(dist=np.array([-0.1, 0.05, 0, 0, 0]))
+    norm = Normalization(center_mm=np.array([20.0, -10, 15]), mm_per_unit=50.0, up_rotation=rotation_to_z([0.1, -0.2, 1]))
+    X = np.random.default_rng(1).normal(scale=30, size=(50, 3)) + norm.center_mm
+    Xn = norm.points_to_norm(X)
+    assert np.allclose(norm.points_to_mm(Xn), X)
+    for c in cams:
+        cn = norm.camera(c)
+        uv0, z0 = c.project(X)
+        uv1, z1 = cn.project(Xn)
+        assert np.allclose(uv0, uv1, atol=1e-9)          # same pixels
+        assert np.allclose(z1 * norm.mm_per_unit, z0)    # depth in world units, uniform scale
+    d_mm = np.linalg.norm(cams[0].center - cams[3].center)
+    d_n = np.linalg.norm(norm.camera(cams[0]).center - norm.camera(cams[3]).center)
+    assert np.isclose(d_n * norm.mm_per_unit, d_mm)
+
+
+def test_triangulate_exact():
+    cams = [pinhole(c) for c in _ring_cams()]
+    X = np.array([25.0, -3.0, 21.0])
+    uv = np.stack([c.project(X[None])[0][0] for c in cams])
+    assert np.allclose(triangulate(cams, uv), X, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        triangulate(cams[:1], uv[:1])
+
+
+def test_estimate_normalization_from_ellipsoid_hull():
+    center, radii = np.array([20.0, -10.0, 15.0]), np.array([45.0, 15.0, 12.0])
+    cams = _ring_cams(dist=np.array([-0.08, 0.03, 0.001, 0.0, 0.0]))
+    masks = _ellipsoid_masks(cams, center, radii)
+    cfg = NormalizeConfig(hull_box_mm=200)
+    norm, diag = estimate_normalization(cams, masks, np.array([0, 0, 1.0]), cfg)
+    assert np.linalg.norm(norm.center_mm - center) < 3.0                     # mm
+    truth = radii.max() / cfg.cube_fit
+    assert truth * 0.97 < norm.mm_per_unit < truth * 1.12                    # conservative hull, few %
+    cfg_len = replace(cfg, body_length_mm=90.0)
+    norm2, diag2 = estimate_normalization(cams, masks, np.array([0, 0, 1.0]), cfg_len)
+    assert np.isclose(norm2.mm_per_unit, 45.0 / cfg.cube_fit) and diag2["scale_method"] == "body_length"
+    with pytest.raises(ValueError, match="only 0 views"):
+        estimate_normalization(cams, [np.zeros_like(m) for m in masks], np.array([0, 0, 1.0]), cfg)
+
+
+# -- crop / resize / undistort keep images and cameras in sync ---------------------------------
+def test_resample_keeps_a_feature_on_its_projection():
+    cam = _ring_cams(size=(200, 160), dist=np.array([-0.2, 0.08, 0.002, -0.001, 0.0]))[0]
+    cam = replace(cam, K=cam.K + np.array([[0, -3.0, 0], [0, 0, 0], [0, 0, 0]]))   # with skew, like DANNCE
+    X = np.array([[35.0, 5.0, 30.0]])
+    uv, _ = cam.project(X)
+    img = np.zeros((cam.height, cam.width), np.float32)
+    yy, xx = np.mgrid[0:cam.height, 0:cam.width] + 0.5
+    img += np.exp(-((xx - uv[0, 0]) ** 2 + (yy - uv[0, 1]) ** 2) / (2 * 1.5 ** 2))   # a blob at the projection
+    ideal = pinhole(cam)
+    up, _ = ideal.project(X)
+    for fx, fy, side, size in ((0.3, 0.6, 120, 64), (0.7, 0.45, 60, 96), (0.5, 0.5, 260, 50)):
+        x0, y0 = int(up[0, 0] - fx * side), int(up[0, 1] - fy * side)   # crops (some past the border) holding X
+        out_cam = ideal.cropped(x0, y0, side, side).resized(size, size)
+        out, valid, _ = resample_view(img[..., None], cam, out_cam)
+        expect, _ = out_cam.project(X)
+        w = out[..., 0]
+        cy, cx = np.unravel_index(np.argmax(w), w.shape)
+        sl = (slice(max(cy - 4, 0), cy + 5), slice(max(cx - 4, 0), cx + 5))
+        yy2, xx2 = np.mgrid[0:size, 0:size] + 0.5
+        got = np.array([(xx2[sl] * w[sl]).sum(), (yy2[sl] * w[sl]).sum()]) / w[sl].sum()
+        assert np.linalg.norm(got - expect[0]) < 0.15 * max(1.0, size / side * 1.5), (x0, y0, side, size, got, expect)
+        assert 0 < valid.mean() <= 1
+
+
+def test_pixels_to_normalized_inverts_projection():
+    cam = _ring_cams(dist=np.array([-0.2, 0.08, 0.002, -0.001, 0.01]))[2]
+    cam = replace(cam, K=cam.K + np.array([[0, 4.0, 0], [0, 0, 0], [0, 0, 0]]))
+    X = np.random.default_rng(0).normal(scale=20, size=(40, 3)) + [20, -10, 15]
+    uv, _ = cam.project(X)
+    cam_pts = X @ cam.w2c[:3, :3].T + cam.w2c[:3, 3]
+    assert np.allclose(pixels_to_normalized(cam, uv), cam_pts[:, :2] / cam_pts[:, 2:], atol=1e-8)
+
+
+# -- masks -----------------------------------------------------------------------------------
+def test_background_subtraction_finds_the_moving_blob():
+    rng = np.random.default_rng(0)
+    bg = rng.integers(60, 200, size=(48, 64, 3)).astype(np.uint8)
+    frames, truth = [], []
+    for k in range(5):
+        f = np.clip(bg.astype(int) + rng.normal(0, 2, bg.shape), 0, 255).astype(np.uint8)
+        m = np.zeros((48, 64), bool)
+        m[10:22, 5 + 11 * k:17 + 11 * k] = True
+        f[m] = (20, 20, 20)
+        f[40, 3 + 12 * k] = (255, 255, 255)            # a one-frame speckle the clean-up must remove
+        frames.append(f)
+        truth.append(m)
+    med = median_background(np.stack(frames))
+    assert np.abs(med.astype(int) - bg.astype(int)).max() < 12
+    for f, m in zip(frames, truth):
+        got = subtract_background(f, med, MaskConfig())
+        assert (got == m).mean() > 0.99 and not got[40].any()
+
+
+def test_threshold_mask_handles_lossy_and_bit_depths():
+    m = np.array([[0, 10, 120, 135, 250]], np.uint8)
+    assert threshold_mask(m).tolist() == [[False, False, False, True, True]]
+    assert threshold_mask(m.astype(np.uint16) * 257).tolist() == [[False, False, False, True, True]]
+    rgb = np.stack([m, m, m], -1)
+    assert threshold_mask(rgb).tolist() == [[False, False, False, True, True]]
+
+
+# -- whole frame sets ---------------------------------------------------------------------------
+def test_normalize_frame_set_outputs_consistent_views():
+    center, radii = np.array([20.0, -10.0, 15.0]), np.array([45.0, 15.0, 12.0])
+    cams = _ring_cams(dist=np.array([-0.08, 0.03, 0.001, 0.0, 0.0]))
+    masks = _ellipsoid_masks(cams, center, radii)
+    frames = [np.where(m[..., None], 200, 40).astype(np.uint8).repeat(3, -1) for m in masks]
+    views, norm, diag = normalize_frame_set(frames, masks, cams, np.array([0, 0, 1.0]),
+                                            NormalizeConfig(size=48, hull_box_mm=200))
+    sample = __import__("synth.real", fromlist=["build_real_sample"]).build_real_sample(
+        "real_000000007", views, norm, diag, {"frame": 7, "index": 7})
+    dec = MultiViewSample.decode(sample.encode())
+    assert dec.depth is None and dec.meta["source"] == "real" and dec.rgba.shape == (6, 48, 48, 4)
+    for v, cam in zip(dec.rgba, dec.cameras):
+        # the ellipsoid centre lands near the middle of every crop; its alpha fills about `fill`
+        uv, _ = cam.project(norm.points_to_norm(center[None]))
+        assert np.all(np.abs(uv[0] - 24) < 6)
+        ys, xs = np.nonzero(v[..., 3] > 127)
+        assert 0.6 < max(np.ptp(xs), np.ptp(ys)) / 48 < 0.95
+    with pytest.raises(ValueError, match="calibration says 160x128"):
+        normalize_frame_set([f[:100] for f in frames], masks, cams, np.array([0, 0, 1.0]), NormalizeConfig())
