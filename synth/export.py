@@ -11,6 +11,8 @@ writes, per sample, ``OUT/{key}/images/cam_{i:03d}.png`` (RGBA, straight alpha, 
       "w2c": 4x4 OpenCV world-to-camera, "file_path": "images/cam_000.png"}, ...],
      "mfl_meta": the sample's meta.json minus views (so an import restores it)}
 
+and the sample's arrays as ``OUT/{key}/{name}.npy`` (pose, joints; FaceLift ignores them)
+
 plus ``OUT/data_list.txt`` (one absolute sample folder per line: FaceLift's dataset_path
 file). Intrinsics are rescaled with exactly the image (``Camera.resized``). FaceLift has no
 depth or normal channels; they are not exported.
@@ -94,6 +96,8 @@ def export_sample(sample: MultiViewSample, out_dir: Path, size: int | None = DEF
         meta = {k: v for k, v in sample.meta.items() if k != "views"}
         doc = {"scene_name": sample.key, "frames": facelift_frames(cams), "mfl_meta": meta}
         (tmp / CAMERAS_JSON).write_text(json.dumps(doc, indent=1))
+        for name, arr in sample.arrays.items():      # pose.npy, joints.npy: FaceLift ignores them
+            np.save(tmp / f"{name}.npy", np.asarray(arr), allow_pickle=False)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -203,12 +207,18 @@ def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: f
                               f"{cam.width}x{cam.height}")
         cams.append(cam)
         rgba.append(img)
+    arrays = {}
+    for f in sorted(folder.glob("*.npy")):
+        try:
+            arrays[f.stem] = np.load(f, allow_pickle=False)
+        except ValueError as e:
+            raise SampleError(f"{f}: not a plain numeric .npy ({e})") from None
     key = str(doc.get("scene_name") or folder.name)
     key = _KEY_BAD.sub("_", key)
     sizes = {r.shape for r in rgba}
     if len(sizes) != 1:
         raise SampleError(f"{folder}: views have different sizes {sorted(sizes)}; shards need one size per sample")
-    return MultiViewSample(key=key, meta=meta, rgba=np.stack(rgba), cameras=cams).validate()
+    return MultiViewSample(key=key, meta=meta, rgba=np.stack(rgba), cameras=cams, arrays=arrays).validate()
 
 
 def import_facelift(root: str | Path, out_dir: str | Path, source: str | None = None, mm_per_unit: float | None = None,
@@ -218,6 +228,10 @@ def import_facelift(root: str | Path, out_dir: str | Path, source: str | None = 
     out = check_writable_dir(out_dir)
     first = read_facelift_sample(dirs[0], source, mm_per_unit)
     src = first.meta["source"]
+    if src in ("mouse", "object"):
+        log.warning("FaceLift folders carry no depth: these %s samples will hold RGBA and cameras only "
+                    "(synth.verify expects depth for rendered sources; import as --source real to mark them "
+                    "depth-free)", src)
     prefix = prefix or src
     header = {"source": src, "prefix": prefix, "samples_per_shard": samples_per_shard, "seed": None,
               "config": {"imported_from": str(Path(root).resolve()), "format": "facelift"},

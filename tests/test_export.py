@@ -40,6 +40,7 @@ def test_facelift_layout_and_exact_round_trip(tmp_path):
             assert np.allclose(cs.K, cb.K) and np.allclose(cs.w2c, cb.w2c)
         assert b.meta["source"] == "object" and b.meta["mm_per_unit"] == s.meta["mm_per_unit"]
         assert b.depth is None
+        assert np.array_equal(b.arrays["joints"], s.arrays["joints"])
 
 
 def test_resized_export_keeps_intrinsics_in_sync(tmp_path):
