@@ -81,7 +81,7 @@ def _render_torch(g: Gaussians, K, c2w, height, width, near, settings: RasterSet
     B, V = K.shape[:2]
     w2c = torch.linalg.inv(c2w)
     mean2d, conic, z, radius = project_gaussians(g.means, g.scales, g.rotations, K, w2c, width, height,
-                                                 near, settings.eps2d)
+                                                 near, settings.eps2d, opacities=g.opacities[..., 0])
     N = g.num_gaussians
     colors = _colors(g, c2w)
     opac = g.opacities[:, None, :, 0].expand(B, V, N)

@@ -87,12 +87,15 @@ def eval_sh(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def project_gaussians(means, scales, rotations, K, w2c, width: int, height: int, near: float, eps2d: float):
+def project_gaussians(means, scales, rotations, K, w2c, width: int, height: int, near: float, eps2d: float,
+                      opacities=None):
     """Project B clouds into their V cameras.
 
     means/scales [B,N,3], rotations [B,N,4], K [B,V,3,3], w2c [B,V,4,4] ->
     mean2d [B,V,N,2] (pixel frame: pixel (i,j) centre at (j+0.5, i+0.5)), conic [B,V,N,3]
     (a, b, c of the inverse 2D covariance), depth z [B,V,N], radius [B,V,N] (0 = culled).
+    With ``opacities`` [B,N] the radius shrinks to where o·exp(-r²/2σ²) reaches 1/255 (never
+    beyond 3σ) and Gaussians with o < 1/255 are culled: exact, since those pixels are skipped.
     """
     R = quat_to_rotmat(rotations)                                     # [B,N,3,3]
     M = R * scales[..., None, :]                                      # R S
@@ -124,7 +127,12 @@ def project_gaussians(means, scales, rotations, K, w2c, width: int, height: int,
     conic = torch.stack([c / det, -b / det, a / det], dim=-1)
     mid = 0.5 * (a + c)
     lam = mid + torch.sqrt((mid * mid - det).clamp_min(0.1))
-    radius = torch.ceil(SIGMA_EXTENT * torch.sqrt(lam)).detach()
+    extent = torch.full_like(lam, SIGMA_EXTENT)
+    if opacities is not None:
+        o = opacities.detach()[:, None, :].expand_as(lam)
+        extent = torch.sqrt(2 * torch.log((o / ALPHA_MIN).clamp_min(1.0))).clamp_max(SIGMA_EXTENT)
+        valid = valid & (o >= ALPHA_MIN)
+    radius = torch.ceil(extent * torch.sqrt(lam)).detach()
     u = fx * x / zs + cx
     v = fy * y / zs + cy
     mean2d = torch.stack([u, v], dim=-1)

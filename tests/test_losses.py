@@ -1,0 +1,125 @@
+"""Losses and metrics: each term responds to what it should and nothing else."""
+import math
+
+import pytest
+import torch
+
+from mousefacelift.splat import RenderOutput
+from train.losses import LossConfig, compute_losses, composite_target, perceptual_scale
+from train.metrics import depth_error, mask_iou, masked_psnr, masked_ssim, psnr, render_metrics, ssim
+
+
+def scene(B=1, V=2, H=16, W=16):
+    alpha = torch.zeros(B, V, 1, H, W)
+    alpha[..., 4:10, 4:10] = 1
+    rgb = torch.ones(B, V, 3, H, W)
+    rgb = torch.where(alpha > 0, torch.tensor([0.8, 0.3, 0.2])[:, None, None].expand(3, H, W), rgb)
+    depth = alpha * 2.5
+    batch = {"rgb": rgb, "alpha": alpha, "depth": depth, "has_depth": torch.ones(B), "background": torch.ones(B, 3)}
+    return batch
+
+
+def test_perfect_render_has_zero_loss_and_terms_react():
+    batch = scene()
+    perfect = RenderOutput(batch["rgb"].clone(), batch["alpha"].clone(), batch["depth"].clone())
+    cfg = LossConfig(depth_weight=1.0)
+    total, parts = compute_losses(perfect, batch, cfg, step=0)
+    assert float(total) == 0.0 and set(parts) >= {"rgb", "alpha", "depth", "total", "psnr_masked"}
+    off = RenderOutput(perfect.rgb, perfect.alpha, perfect.depth + 0.1 * batch["alpha"])
+    _, p2 = compute_losses(off, batch, cfg, step=0)
+    assert float(p2["depth"]) > 0 and float(p2["rgb"]) == 0
+    # depth is ignored for samples without depth
+    _, p3 = compute_losses(off, {**batch, "has_depth": torch.zeros(1)}, cfg, step=0)
+    assert float(p3["depth"]) == 0
+
+
+def test_huber_depth_is_robust_in_world_units():
+    batch = scene()
+    cfg = LossConfig(depth_weight=1.0, depth_huber_delta=0.02)
+    far = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"] + 1.0 * batch["alpha"])
+    _, p = compute_losses(far, batch, cfg, 0)
+    assert abs(float(p["depth"]) - 0.02 * (1.0 - 0.01)) < 1e-6   # linear beyond delta
+
+
+def test_alpha_loss_l1_and_bce():
+    batch = scene()
+    empty = RenderOutput(batch["rgb"], torch.zeros_like(batch["alpha"]), batch["depth"])
+    _, p = compute_losses(empty, batch, LossConfig(), 0)
+    assert abs(float(p["alpha"]) - float(batch["alpha"].mean())) < 1e-6
+    _, pb = compute_losses(empty, batch, LossConfig(alpha_loss="bce"), 0)
+    assert float(pb["alpha"]) > float(p["alpha"])
+
+
+def test_regularisers_need_gaussians_and_penalise_large_scales():
+    from mousefacelift.gaussians import Gaussians
+    batch = scene()
+    out = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"])
+    g = Gaussians(torch.zeros(1, 2, 3), torch.tensor([[[0.01] * 3, [0.25] * 3]]), torch.tensor([[[1., 0, 0, 0]] * 2]),
+                  torch.tensor([[[0.2], [0.6]]]), torch.zeros(1, 2, 1, 3))
+    cfg = LossConfig(opacity_reg_weight=1.0, scale_reg_weight=1.0, scale_reg_max=0.05)
+    total, p = compute_losses(out, batch, cfg, 0, gaussians=g)
+    assert abs(float(p["opacity_reg"]) - 0.4) < 1e-6 and abs(float(p["scale_reg"]) - 0.1) < 1e-6
+    assert abs(float(total) - 0.5) < 1e-6
+
+
+def test_perceptual_needs_local_weights_and_warms_up(tmp_path):
+    with pytest.raises(ValueError, match="perceptual_weights"):
+        LossConfig(perceptual_weight=0.5)
+    cfg = LossConfig(perceptual_weight=0.5, perceptual_weights=str(tmp_path / "vgg16.pth"),
+                     perceptual_warmup_steps=100, perceptual_ramp_steps=10)
+    assert perceptual_scale(cfg, 99) == 0.0 and perceptual_scale(cfg, 104) == 0.5 and perceptual_scale(cfg, 500) == 1
+    batch = scene()
+    out = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"])
+    compute_losses(out, batch, cfg, step=10)           # before warm-up: the file is not needed
+    with pytest.raises(FileNotFoundError, match="vgg16.pth"):
+        compute_losses(out, batch, cfg, step=100)
+    from train.losses import VGGPerceptual
+    torch.save(VGGPerceptual().state_dict(), tmp_path / "vgg16.pth")
+    _, p = compute_losses(RenderOutput(batch["rgb"] * 0.5, batch["alpha"], batch["depth"]), batch, cfg, step=200)
+    assert float(p["perceptual"]) > 0
+
+
+def test_config_from_mapping_rejects_unknown_keys():
+    assert LossConfig.from_any({"rgb_weight": 2.0}).rgb_weight == 2.0
+    with pytest.raises(ValueError, match="unknown keys"):
+        LossConfig.from_any({"rgb_wieght": 2.0})
+
+
+def test_composite_target():
+    b = scene()
+    b2 = {**b, "rgb": b["rgb"] * 0 + 0.5}
+    out = composite_target(b2, torch.tensor([0.0, 0.0, 1.0]))
+    assert float(out[0, 0, 2, 0, 0]) == 1.0 and float(out[0, 0, 0, 5, 5]) == 0.5
+
+
+def test_masked_psnr_counts_only_the_foreground_union():
+    b = scene()
+    pred = b["rgb"].clone()
+    pred[..., 4:10, 4:10] += 0.1                 # error 0.1 on the 36-px subject only
+    whole = float(psnr(pred, b["rgb"]).mean())
+    masked = float(masked_psnr(pred, b["rgb"], b["alpha"]).mean())
+    assert abs(masked - 20.0) < 1e-3             # mse 0.01 inside the mask
+    assert whole > masked + 8                    # the background inflates the whole-image figure
+    # a floater outside the true mask enters through the predicted alpha (union)
+    pa = b["alpha"].clone()
+    pa[..., 0:2, 0:2] = 1
+    pred2 = b["rgb"].clone()
+    pred2[..., 0:2, 0:2] = 0
+    assert math.isinf(float(masked_psnr(pred2, b["rgb"], b["alpha"]).mean())) or \
+        float(masked_psnr(pred2, b["rgb"], b["alpha"]).mean()) > 90
+    assert float(masked_psnr(pred2, b["rgb"], b["alpha"], pa).mean()) < 15
+
+
+def test_ssim_iou_and_depth_error():
+    b = scene()
+    assert abs(float(ssim(b["rgb"], b["rgb"]).mean()) - 1) < 1e-5
+    noisy = b["rgb"] + 0.2 * torch.randn_like(b["rgb"])
+    assert float(masked_ssim(noisy, b["rgb"], b["alpha"]).mean()) < 0.9
+    pa = torch.zeros_like(b["alpha"])
+    pa[..., 4:10, 4:7] = 1
+    assert abs(float(mask_iou(pa, b["alpha"]).mean()) - 0.5) < 1e-6
+    err = depth_error(b["depth"] + 0.3, b["depth"], b["alpha"])
+    torch.testing.assert_close(err, torch.full((1, 2), 0.3))
+    assert float(depth_error(b["depth"], torch.zeros_like(b["depth"]), b["alpha"]).sum()) == 0   # no depth: 0
+    m = render_metrics(RenderOutput(b["rgb"], b["alpha"], b["depth"]), b)
+    assert list(m)[0] == "psnr_masked" and m["mask_iou"] == 1.0 and m["depth_abs_err"] == 0.0

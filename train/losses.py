@@ -1,0 +1,227 @@
+"""Training losses for GS-LRM renders (ARCHITECTURE §4).
+
+``compute_losses(render_out, batch, cfg, step, gaussians=None) -> (total, parts)``
+
+Terms (a weight of 0 turns a term off; all weights and knobs live in :class:`LossConfig`,
+whose fields are the ``loss:`` keys of configs/train.yaml and configs/phase/*.yaml):
+- ``rgb``: MSE between the render (composited on the batch's background) and the batch's
+  ``rgb`` (train.data composites the ground truth on the same ``background``; if the batch
+  instead carries straight colours, :func:`composite_target` does the compositing);
+- ``alpha``: rendered coverage vs the mask (L1, or BCE);
+- ``depth``: robust (Huber, delta in world units, or L1) error of the alpha-normalised
+  expected depth vs the sample's planar depth, only where the sample has depth
+  (``has_depth``), the pixel has a depth value (> 0) and the render covers it (alpha above
+  ``depth_min_alpha``, so depth is not pulled through almost-transparent pixels);
+- ``perceptual``: VGG16 feature L1 from LOCALLY supplied torchvision-layout weights
+  (``perceptual_weights``: a path; never downloaded), off before ``perceptual_warmup_steps``
+  then ramped in linearly over ``perceptual_ramp_steps``; a missing file is an error;
+- ``opacity_reg`` (mean opacity: sparsity) and ``scale_reg`` (mean excess of the largest
+  scale over ``scale_reg_max``): need ``gaussians``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["LossConfig", "compute_losses", "composite_target", "VGGPerceptual", "load_perceptual"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossConfig:
+    rgb_weight: float = 1.0
+    alpha_weight: float = 0.5
+    alpha_loss: str = "l1"              # "l1" or "bce"
+    depth_weight: float = 0.0           # >0 in the synthetic phase (mouse shards carry depth)
+    depth_loss: str = "huber"           # "huber" or "l1"
+    depth_huber_delta: float = 0.02     # world units (~1/100 of the subject cube)
+    depth_min_alpha: float = 0.5        # depth is supervised only where the render covers the pixel
+    perceptual_weight: float = 0.0      # off by default: needs local VGG16 weights
+    perceptual_weights: str | None = None  # path to a torchvision-layout VGG16 state dict (.pth)
+    perceptual_warmup_steps: int = 0    # perceptual term is 0 before this step ...
+    perceptual_ramp_steps: int = 0      # ... then ramps linearly to full weight over this many steps
+    opacity_reg_weight: float = 0.0
+    scale_reg_weight: float = 0.0
+    scale_reg_max: float = 0.05         # world units; larger Gaussians are penalised
+
+    def __post_init__(self):
+        if self.alpha_loss not in ("l1", "bce"):
+            raise ValueError(f"LossConfig.alpha_loss must be 'l1' or 'bce', got {self.alpha_loss!r}")
+        if self.depth_loss not in ("huber", "l1"):
+            raise ValueError(f"LossConfig.depth_loss must be 'huber' or 'l1', got {self.depth_loss!r}")
+        if self.perceptual_weight > 0 and not self.perceptual_weights:
+            raise ValueError("LossConfig: perceptual_weight > 0 needs perceptual_weights, the path of a local "
+                             "torchvision-layout VGG16 state dict (weights are never downloaded); "
+                             "set perceptual_weight: 0 to train without it")
+
+    @classmethod
+    def from_any(cls, cfg: Any) -> "LossConfig":
+        if isinstance(cfg, cls):
+            return cfg
+        if cfg is None:
+            return cls()
+        try:
+            from omegaconf import DictConfig, OmegaConf
+            if isinstance(cfg, DictConfig):
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+        except ImportError:
+            pass
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f"loss config must be a mapping or LossConfig, got {type(cfg)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"loss config: unknown keys {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(cfg))
+
+
+def composite_target(batch: Mapping[str, torch.Tensor], background=None) -> torch.Tensor:
+    """Straight-alpha ``rgb`` composited over ``background`` ([3] or [B,3]) -> [B,V,3,H,W]."""
+    rgb, alpha = batch["rgb"], batch["alpha"]
+    if background is None:
+        return rgb
+    bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
+    bg = bg.expand(rgb.shape[0], 3) if bg.ndim == 1 else bg
+    return rgb * alpha + (1 - alpha) * bg[:, None, :, None, None]
+
+
+# -- perceptual -------------------------------------------------------------------------------
+_VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512]   # up to relu4_3
+_VGG_TAPS = (3, 8, 15, 22)   # indices (torchvision ``features``) of relu1_2, relu2_2, relu3_3, relu4_3
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGPerceptual(nn.Module):
+    """Frozen VGG16 feature L1 (relu1_2..relu4_3), parameter names as torchvision's ``features``."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [], 3
+        for v in _VGG16_LAYOUT:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=False)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN)[None, :, None, None])
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD)[None, :, None, None])
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([pred, target]).float()
+        x = (x - self.mean) / self.std
+        loss = x.new_zeros(())
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in _VGG_TAPS:
+                a, b = x.chunk(2)
+                loss = loss + (a - b).abs().mean()
+            if i >= _VGG_TAPS[-1]:
+                break
+        return loss
+
+
+_PERCEPTUAL_CACHE: dict[tuple[str, str], VGGPerceptual] = {}
+
+
+def load_perceptual(path: str, device) -> VGGPerceptual:
+    key = (os.path.abspath(path), str(device))
+    if key not in _PERCEPTUAL_CACHE:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"perceptual loss weights {path!r} not found: supply a local torchvision-layout "
+                                    "VGG16 state dict (keys features.N.weight/bias) or set perceptual_weight: 0")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        net = VGGPerceptual()
+        wanted = {k for k in net.state_dict() if k.startswith("features.")}
+        got = {k: v for k, v in sd.items() if k in wanted}
+        missing = sorted(wanted - set(got))
+        if missing:
+            raise ValueError(f"perceptual loss weights {path!r}: not a VGG16 state dict, missing {missing[:6]}"
+                             f"{' ...' if len(missing) > 6 else ''}")
+        net.load_state_dict(got, strict=False)
+        log.info("perceptual loss: VGG16 features from %s", path)
+        _PERCEPTUAL_CACHE[key] = net.to(device)
+    return _PERCEPTUAL_CACHE[key]
+
+
+def perceptual_scale(cfg: LossConfig, step: int) -> float:
+    if cfg.perceptual_weight <= 0 or step < cfg.perceptual_warmup_steps:
+        return 0.0
+    if cfg.perceptual_ramp_steps <= 0:
+        return 1.0
+    return min(1.0, (step - cfg.perceptual_warmup_steps + 1) / cfg.perceptual_ramp_steps)
+
+
+# -- the loss -----------------------------------------------------------------------------------
+def _depth_term(render_out, batch, cfg: LossConfig) -> torch.Tensor | None:
+    depth = batch.get("depth")
+    if depth is None:
+        return None
+    valid = (depth > 0) & (render_out.alpha.detach() > cfg.depth_min_alpha)
+    has = batch.get("has_depth")
+    if has is not None:
+        valid = valid & has.to(torch.bool).reshape(-1, *([1] * (depth.ndim - 1)))
+    n = valid.sum()
+    if int(n) == 0:
+        return render_out.depth.sum() * 0.0        # keeps the graph (DDP) with no contribution
+    pred, true = render_out.depth[valid], depth[valid].to(render_out.depth.dtype)
+    if cfg.depth_loss == "huber":
+        return F.huber_loss(pred, true, delta=cfg.depth_huber_delta)
+    return (pred - true).abs().mean()
+
+
+def compute_losses(render_out, batch: Mapping[str, Any], cfg: Any, step: int, gaussians=None):
+    """Weighted total and a dict of the (unweighted, detached) terms; see the module docstring."""
+    cfg = LossConfig.from_any(cfg)
+    target = batch["rgb"].to(render_out.rgb.dtype)
+    mask = batch["alpha"].to(render_out.alpha.dtype)
+    parts: dict[str, torch.Tensor] = {}
+    total = render_out.rgb.new_zeros(())
+
+    rgb = F.mse_loss(render_out.rgb, target)
+    parts["rgb"] = rgb
+    total = total + cfg.rgb_weight * rgb
+    if cfg.alpha_weight > 0:
+        if cfg.alpha_loss == "bce":
+            a = F.binary_cross_entropy(render_out.alpha.clamp(1e-5, 1 - 1e-5), mask.clamp(0, 1))
+        else:
+            a = (render_out.alpha - mask).abs().mean()
+        parts["alpha"] = a
+        total = total + cfg.alpha_weight * a
+    if cfg.depth_weight > 0:
+        d = _depth_term(render_out, batch, cfg)
+        if d is not None:
+            parts["depth"] = d
+            total = total + cfg.depth_weight * d
+    ps = perceptual_scale(cfg, step)
+    if ps > 0:
+        net = load_perceptual(cfg.perceptual_weights, render_out.rgb.device)
+        p = net(render_out.rgb.flatten(0, 1), target.flatten(0, 1))
+        parts["perceptual"] = p
+        total = total + ps * cfg.perceptual_weight * p
+    if gaussians is not None and cfg.opacity_reg_weight > 0:
+        o = gaussians.opacities.mean()
+        parts["opacity_reg"] = o
+        total = total + cfg.opacity_reg_weight * o
+    if gaussians is not None and cfg.scale_reg_weight > 0:
+        s = (gaussians.scales.amax(dim=-1) - cfg.scale_reg_max).clamp_min(0).mean()
+        parts["scale_reg"] = s
+        total = total + cfg.scale_reg_weight * s
+    with torch.no_grad():
+        from .metrics import masked_psnr
+        parts["psnr_masked"] = torch.nanmean(masked_psnr(render_out.rgb.detach(), target, mask,
+                                                         render_out.alpha.detach()))
+    parts = {k: v.detach() for k, v in parts.items()}
+    parts["total"] = total.detach()
+    return total, parts
