@@ -148,7 +148,7 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     from mousefacelift.config import to_container
     from synth import shards as S
     from synth import workers as W
-    from synth.compose import MouseComposer, dataset_config
+    from synth.compose import dataset_config
 
     plain = to_container(cfg)
     validate_config(plain)
@@ -161,11 +161,10 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
 
     # Compose one scene in the parent: loads the body model, the pose sampler, the coat and
     # the HDRI pool, so a bad model folder / HDR folder stops here, before any worker starts.
-    from mousefacelift.body import load_body_model
     try:
-        model = load_body_model(plain["body_model"])
-        composer = MouseComposer(model, plain)
-        composer.compose(0)
+        composer = W.make_composer(plain)
+        # a source may define its own check (a mesh folder's first file may be a skipped one)
+        getattr(composer, "preflight", lambda: composer.compose(0))()
     except (FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError) as e:
         raise RenderError(f"cannot prepare the scene: {type(e).__name__}: {e}") from None
     dcfg = dataset_config(plain)

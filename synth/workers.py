@@ -132,6 +132,26 @@ def render_sample(composer, renderer, index: int, normals: bool, png_level: int)
     return sample.encode(png_compress_level=png_level)
 
 
+def make_composer(cfg: Mapping):
+    """The sample source of this render: ``cfg["composer"]`` = ``"module:factory"`` names a
+    ``factory(cfg)`` returning an object with ``.compose(index) -> SceneSpec`` and
+    ``.config_hash`` (e.g. ``synth.render_objects:ObjectComposer``); absent = the mouse."""
+    spec = cfg.get("composer")
+    if spec:
+        import importlib
+
+        module, _, name = str(spec).partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"composer {spec!r}: cannot import ({e}); expected 'module:factory'") from None
+        return factory(cfg)
+    from mousefacelift.body import load_body_model
+    from synth.compose import MouseComposer
+
+    return MouseComposer(load_body_model(cfg["body_model"]), cfg)
+
+
 def make_renderer(cfg: Mapping, device: str, threads: int):
     """The Blender backend for this worker (imported here: only workers load bpy)."""
     import inspect
@@ -153,12 +173,9 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
     wid = args.worker_id
     cfg = args.cfg
     try:
-        from mousefacelift.body import load_body_model
-        from synth.compose import MouseComposer
         from synth.shards import ShardError, ShardWriter
 
-        model = load_body_model(cfg["body_model"])
-        composer = MouseComposer(model, cfg)
+        composer = make_composer(cfg)
         renderer = make_renderer(cfg, args.device, args.threads)
     except Exception as e:   # setup failures are the same for every retry
         results.put(("error", wid, None, f"worker setup failed: {type(e).__name__}: {e}", True,
