@@ -120,8 +120,6 @@ class _MeshSlot:
         elif me.uv_layers.get("UVMap") is not None:
             me.uv_layers.remove(me.uv_layers["UVMap"])
         me.update()
-        if rebuilt:
-            me.validate(verbose=False)
         self._apply_materials(spec)
         return rebuilt
 
