@@ -86,3 +86,18 @@ def test_cat_detach_to_and_index():
     g.means.requires_grad_(True)
     assert not g.detach().means.requires_grad
     assert g.to(torch.float64).means.dtype == torch.float64
+
+
+def test_turntable_gif_shows_the_object_from_all_sides(tmp_path):
+    import imageio.v2 as imageio
+    from mousefacelift.turntable import save_turntable, turntable_frames
+    # a red blob on +X and a blue blob on -X: the front view sees red nearest, the back view blue
+    g = Gaussians(means=torch.tensor([[[0.4, 0, 0], [-0.4, 0, 0]]]), scales=torch.full((1, 2, 3), 0.25),
+                  rotations=torch.tensor([[[1.0, 0, 0, 0]] * 2]), opacities=torch.full((1, 2, 1), 0.99),
+                  sh=rgb_to_sh0(torch.tensor([[[[1.0, 0, 0]], [[0, 0, 1.0]]]])))
+    frames = turntable_frames(g, frames=4, size=32, elevation_deg=0)
+    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
+    c = frames[:, 16, 16].astype(int)
+    assert c[0, 0] > c[0, 2] and c[2, 2] > c[2, 0]
+    path = save_turntable(g, tmp_path / "spin.gif", frames=4, size=32)
+    assert len(imageio.mimread(path)) == 4
