@@ -165,6 +165,21 @@ def make_renderer(cfg: Mapping, device: str, threads: int):
     return BlenderRenderer(**kw)
 
 
+def warm_up(renderer, composer) -> None:
+    """Render one 4x4-pixel view before the real work.
+
+    Why: with blender.backend as of this writing, the first render of a fresh
+    BlenderRenderer shades skin regions differently from every later render of the same
+    scene (found by the split-determinism test), so a sample's pixels would depend on
+    whether it was a worker's first. One throwaway render (~0.4 s per worker start) puts
+    every worker in the same state, which makes output independent of the split.
+    """
+    from dataclasses import replace
+
+    scene = composer.compose(0)
+    renderer.render(replace(scene, cameras=[scene.cameras[0].resized(4, 4)]))
+
+
 def worker_main(args: WorkerArgs, tasks, results) -> None:
     """Take shard indices from ``tasks`` and render them until the queue is empty or
     ``recycle_every`` poses are done; report ("start"|"pose"|"shard"|"error"|"exit", ...) on ``results``."""
@@ -177,6 +192,7 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
 
         composer = make_composer(cfg)
         renderer = make_renderer(cfg, args.device, args.threads)
+        warm_up(renderer, composer)
     except Exception as e:   # setup failures are the same for every retry
         results.put(("error", wid, None, f"worker setup failed: {type(e).__name__}: {e}", True,
                      traceback.format_exc()))

@@ -1,6 +1,7 @@
 """python -m synth.render: bad input (fast), and the real pipeline at tiny size (slow):
 decodable shards, resume after kill -9, same bytes whatever the split."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -151,5 +152,6 @@ def test_render_resume_after_kill_and_split_determinism(tmp_path, caplog):
         [(s["name"], s["sha256"], s["keys"]) for s in ma["shards"]]
     assert mb["config_hash"] == ma["config_hash"]
     # 3) re-running a complete job does nothing
+    caplog.set_level(logging.INFO)
     assert R.main(["--poses", "3", "--out", str(a), *TINY[:-4], "--workers", "2", "--seed", "11"]) == 0
     assert "nothing to do" in caplog.text
