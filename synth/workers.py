@@ -176,7 +176,11 @@ def warm_up(renderer, composer) -> None:
     """
     from dataclasses import replace
 
-    scene = composer.compose(0)
+    try:
+        scene = composer.compose(0)
+    except Exception as e:   # a source whose index 0 is unusable (e.g. a skipped object file)
+        log.warning("warm-up render skipped (index 0 did not compose: %s)", e)
+        return
     renderer.render(replace(scene, cameras=[scene.cameras[0].resized(4, 4)]))
 
 

@@ -100,7 +100,7 @@ def test_dataset_config_hash_ignores_operational_settings(cfg):
     a = C.dataset_config_hash(cfg)
     assert C.dataset_config_hash({**cfg, "run": {**cfg["run"], "workers": 7, "out": "/elsewhere"}}) == a
     assert C.dataset_config_hash({**cfg, "seed": 8}) != a
-    assert C.dataset_config_hash({**cfg, "quality": "final"}) != a
+    assert C.dataset_config_hash({**cfg, "preset": "final"}) != a
 
 
 def test_bad_fill_is_refused():
