@@ -47,20 +47,20 @@ log = logging.getLogger("synth.fake_capture")
 class FakeCaptureConfig:
     """Settings of the fake recording (defaults documented in configs/real/fake_capture.yaml)."""
 
-    frames: int = 5
+    frames: int = 6
     downscale: int = 4                    # divide the rig's image size (1152x1024 -> 288x256); cameras follow exactly
     seed: int = 0
     renderer: str = "blender"             # blender | raster
     quality: str = "preview"              # Blender quality preset
     mouse_scale: float = 0.8              # uniform size of the procedural mouse (1 = 185 mm nose to tail tip)
     arena_center_mm: tuple[float, float] = (56.0, 62.0)   # DANNCE markerless_mouse_1: mean of the labelled poses
-    path_radius_mm: float = 40.0          # the mouse walks on a circle this big around the arena centre
+    path_radius_mm: float = 75.0          # the mouse walks on a circle this big around the arena centre
     arena_radius_mm: float = 230.0        # textured floor disc
     wall_height_mm: float = 25.0          # low wall ring at the floor's edge
     checker_mm: float = 20.0              # floor tile size
     noise_sigma: float = 1.5              # sensor noise (0..255 units)
     canvas_pad: float = 0.12              # pinhole canvas margin, fraction of the image size
-    fur_color: tuple[float, float, float] = (0.33, 0.25, 0.18)
+    fur_color: tuple[float, float, float] = (0.03, 0.025, 0.02)
     skin_color: tuple[float, float, float] = (0.85, 0.6, 0.55)
     cube_fit: float = 0.9                 # the truth's scale: largest half-extent in the cube (as ingest's normalize.cube_fit)
 
