@@ -1,7 +1,8 @@
 """Frame sources for real captures: one per camera, a video file or a folder of images.
 
-Both give random access by frame index. Videos are read through imageio (mp4/avi need the
-``imageio-ffmpeg`` or ``av`` plugin; multi-frame TIFF/GIF work with Pillow alone).
+Both give random access by frame index. Videos are read through imageio's ffmpeg reader
+(the ``imageio-ffmpeg`` dependency ships the binary) one frame at a time; multi-frame
+TIFF/GIF work with Pillow alone.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 class FrameSource:
@@ -28,19 +30,31 @@ class FrameSource:
                 raise ValueError(f"{self.path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             self._n = len(self._files)
         elif self.path.is_file():
-            import imageio.v3 as iio
-
-            try:
-                props = iio.improps(self.path)
-                self._n = int(props.n_images) if props.n_images else None
-                if self._n is None:   # some plugins only know the count after a full read
-                    self._video = iio.imread(self.path)
-                    self._n = len(self._video)
-            except Exception as e:
-                raise ValueError(f"{self.path}: cannot open as a video or image stack ({type(e).__name__}: {e}); "
-                                 "mp4/avi need `pip install imageio-ffmpeg` (or `av`)") from None
+            self._n = self._open_file()
         else:
             raise FileNotFoundError(f"frames not found: {self.path} (expected a video file or an image folder)")
+
+    def _open_file(self) -> int:
+        """Open a video (ffmpeg, random access by seeking; never decoded whole, since a capture
+        is thousands of megapixel frames) or a multi-frame image stack (TIFF/GIF)."""
+        import imageio.v2 as iio2
+
+        if self.path.suffix.lower() in VIDEO_EXTENSIONS:
+            try:
+                self._video = iio2.get_reader(self.path, "ffmpeg")
+                n = self._video.count_frames()
+            except Exception as e:
+                raise ValueError(f"{self.path}: cannot open as a video ({type(e).__name__}: {e}); "
+                                 "video input needs the imageio-ffmpeg package") from None
+        else:
+            try:
+                self._video = iio2.get_reader(self.path)
+                n = len(self._video)
+            except Exception as e:
+                raise ValueError(f"{self.path}: cannot open as an image stack ({type(e).__name__}: {e})") from None
+        if not n or n == float("inf"):
+            raise ValueError(f"{self.path}: holds no readable frames")
+        return int(n)
 
     def __len__(self) -> int:
         return self._n
@@ -52,10 +66,8 @@ class FrameSource:
 
         if self._files is not None:
             img = iio.imread(self._files[i])
-        elif self._video is not None:
-            img = self._video[i]
         else:
-            img = iio.imread(self.path, index=i)
+            img = self._video.get_data(i)
         img = np.asarray(img)
         if img.dtype != np.uint8:
             if img.dtype == np.bool_:
