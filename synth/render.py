@@ -198,6 +198,18 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     except S.ShardError as e:
         raise RenderError(str(e)) from None
 
+    # A run killed between a shard's sidecar and its manifest update leaves a complete shard
+    # that manifest.json does not list: rebuild the manifest from the sidecars (under the lock).
+    if not dry_run:
+        ours = {k for k, r in existing.items() if r.config_hash == chash}
+        listed = set()
+        if (out / S.MANIFEST_NAME).exists():
+            listed = {int(s["index"]) for s in S.read_manifest(out)["shards"]}
+        if ours - listed:
+            log.info("manifest.json does not list complete shards %s (an earlier run was stopped between a shard "
+                     "and its manifest update); rebuilding it from the sidecars", sorted(ours - listed)[:10])
+            S.rebuild_manifest(out, header, prefix=plain["prefix"], config_hash=chash)
+
     def complete(k: int) -> bool:
         r = existing.get(k)
         return r is not None and r.config_hash == chash and r.samples + len(r.skipped) == len(W.shard_indices(k, N, Ssz))
@@ -236,6 +248,12 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
                           "command to render only what is missing")
     summary["seconds"] = time.perf_counter() - t0
     summary["rendered_shards"] = sorted(pool.names)
+    summary["stage_seconds"] = dict(pool.stage_seconds)
+    total = sum(pool.stage_seconds.values())
+    if total > 0:
+        log.info("time per pose by stage (worker side): %s; outside Blender's render calls: %.1f%%",
+                 ", ".join(f"{k} {v / max(todo_poses, 1):.2f} s" for k, v in pool.stage_seconds.items()),
+                 100 * (1 - pool.stage_seconds.get("blender", 0.0) / total))
     m = S.read_manifest(out)
     log.info("done: %d shards (%d poses) in %.1f s (%.3f poses/s); manifest %s lists %d shards",
              len(pool.finished), todo_poses, summary["seconds"], todo_poses / max(summary["seconds"], 1e-9),
@@ -269,6 +287,7 @@ class _Pool:
         self.fatal: str | None = None
         self.next_id = 0
         self.bar = None
+        self.stage_seconds: dict[str, float] = {}     # compose / blender / readback / encode / write, summed
 
     def spawn(self, i: int) -> None:
         wid = self.next_id
@@ -284,6 +303,8 @@ class _Pool:
             self.current[i] = msg[2]
         elif kind == "pose":
             self.bar.update(1)
+            for stage, secs in (msg[4] if len(msg) > 4 else {}).items():
+                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + secs
         elif kind == "shard":
             k, rec, secs = msg[2], msg[3], msg[4]
             self.finished.add(k)

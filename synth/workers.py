@@ -121,15 +121,27 @@ def _die_with_parent() -> None:
             pass
 
 
-def render_sample(composer, renderer, index: int, normals: bool, png_level: int) -> dict:
-    """Compose, render and encode one pose index -> WebDataset sample dict."""
+def render_sample(composer, renderer, index: int, normals: bool, png_level: int,
+                  timings: dict | None = None) -> dict:
+    """Compose, render and encode one pose index -> WebDataset sample dict. ``timings``
+    (if given) accumulates seconds per stage: compose, blender (Cycles' own render calls),
+    readback (the backend's scene updates and pass conversion), encode."""
     from mousefacelift.sample import MultiViewSample
 
+    t0 = time.perf_counter()
     scene = composer.compose(index)
+    t1 = time.perf_counter()
     views = renderer.render(scene)
+    t2 = time.perf_counter()
     sample = MultiViewSample(key=scene.key, meta=scene.meta, rgba=views.rgba, cameras=scene.cameras,
                              depth=views.depth, normal=views.normal if normals else None, arrays=scene.arrays)
-    return sample.encode(png_compress_level=png_level)
+    fields = sample.encode(png_compress_level=png_level)
+    t3 = time.perf_counter()
+    if timings is not None:
+        blender = float(getattr(views, "seconds_render", t2 - t1))
+        for k, v in (("compose", t1 - t0), ("blender", blender), ("readback", t2 - t1 - blender), ("encode", t3 - t2)):
+            timings[k] = timings.get(k, 0.0) + v
+    return fields
 
 
 def make_composer(cfg: Mapping):
@@ -219,8 +231,12 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
             with ShardWriter(args.out_dir, k, prefix=cfg["prefix"], header=args.header, force=args.force) as w:
                 for i in indices:
                     t = time.perf_counter()
+                    timings: dict = {}
                     try:
-                        w.write(render_sample(composer, renderer, i, normals, level))
+                        fields = render_sample(composer, renderer, i, normals, level, timings)
+                        tw = time.perf_counter()
+                        w.write(fields)
+                        timings["write"] = time.perf_counter() - tw
                     except (ShardError, MemoryError):
                         raise
                     except Exception as e:   # one bad pose is recorded and skipped, not fatal
@@ -229,7 +245,7 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
                         w.skip(i, reason)
                         failures.append(reason)
                     done += 1
-                    results.put(("pose", wid, i, time.perf_counter() - t))
+                    results.put(("pose", wid, i, time.perf_counter() - t, timings))
                 if failures and len(failures) == len(indices):
                     raise FatalWorkerError(f"every pose of shard {k} failed; first error: {failures[0]}")
                 rec = w.close()

@@ -155,3 +155,23 @@ def test_render_resume_after_kill_and_split_determinism(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     assert R.main(["--poses", "3", "--out", str(a), *TINY[:-4], "--workers", "2", "--seed", "11"]) == 0
     assert "nothing to do" in caplog.text
+
+
+def test_manifest_is_repaired_from_sidecars_when_a_run_died_before_merging(tmp_path, capsys):
+    """A worker killed between a shard's sidecar and the manifest merge: the next run lists it again."""
+    pytest.importorskip("synth.appearance")
+    from mousefacelift.config import compose, to_container
+    from synth.compose import dataset_config, dataset_config_hash
+
+    args = ["--poses", "2", "--out", str(tmp_path), *TINY]
+    cfg = to_container(compose("render", R.overrides_from_args(R.build_parser().parse_args(args))))
+    header = {"source": "mouse", "prefix": "mouse", "samples_per_shard": 1, "seed": 11,
+              "config": dataset_config(cfg), "config_hash": dataset_config_hash(cfg), "generator": cfg["generator"]}
+    for k in range(2):
+        with S.ShardWriter(tmp_path, k, prefix="mouse", header=header) as w:
+            w.write({"__key__": f"mouse_{k:09d}", "meta.json": b"{}"})
+    m = S.read_manifest(tmp_path)
+    m["shards"] = m["shards"][1:]
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    assert R.main(args) == 0
+    assert [s["index"] for s in S.read_manifest(tmp_path)["shards"]] == [0, 1]
