@@ -106,3 +106,16 @@ def test_dataset_config_hash_ignores_operational_settings(cfg):
 def test_bad_fill_is_refused():
     with pytest.raises(ValueError, match="normalize.fill"):
         C.normalization(np.random.default_rng(0).normal(size=(10, 3)), 1.2)
+
+
+@pytest.mark.mammal
+def test_mammal_model_composes_into_the_cube(mammal_dir, cfg):
+    from mousefacelift.body import load_body_model
+
+    m = load_body_model(str(mammal_dir))
+    s = C.MouseComposer(m, cfg).compose(4)
+    v = s.meshes[0].vertices
+    assert len(v) == m.num_vertices and np.all(np.abs(v) <= cfg["normalize"]["fill"] + 1e-5)
+    assert s.meshes[0].uv is not None and s.meta["body_model"] == "mammal"
+    again = C.MouseComposer(m, cfg).compose(4)
+    np.testing.assert_array_equal(again.arrays["pose"], s.arrays["pose"])
