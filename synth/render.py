@@ -173,14 +173,16 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
               "config": dcfg, "config_hash": chash, "generator": dict(plain["generator"])}
 
     out = Path(str(run_cfg["out"])).expanduser()
-    try:
-        S.check_writable_dir(out)
-    except S.ShardError as e:
-        raise RenderError(str(e)) from None
-    S.clean_stale_tmp(out, stale_after_s=float(run_cfg["stale_tmp_hours"]) * 3600)
+    if not (dry_run and not out.exists()):     # a dry run creates nothing
+        try:
+            S.check_writable_dir(out)
+        except S.ShardError as e:
+            raise RenderError(str(e)) from None
+        if not dry_run:
+            S.clean_stale_tmp(out, stale_after_s=float(run_cfg["stale_tmp_hours"]) * 3600)
 
     mine = W.job_shards(N, Ssz, slot.num_jobs, slot.job_index)
-    existing = S.complete_shards(out, prefix=plain["prefix"])
+    existing = S.complete_shards(out, prefix=plain["prefix"]) if out.exists() else {}
     other = sorted(k for k, r in existing.items() if r.config_hash != chash)
     try:
         if (out / S.MANIFEST_NAME).exists():
