@@ -102,6 +102,10 @@ class LightingSampler:
             raise LightingError("HDRI pool is empty: bpy's built-in studio lights were not found and no "
                                 "hdri folder was given (install bpy, set hdri.folder, or set sky.probability: 1)")
         self.pool = [str(p) for p in pool]
+        # Portable names for meta.json: a sample's bytes must not depend on where bpy or the
+        # user's folder happen to be installed on the machine that rendered it.
+        builtin = {str(p) for p in builtin_hdris()} if h.get("builtin", True) else set()
+        self.pool_names = [f"builtin:{Path(p).name}" if p in builtin else f"folder:{Path(p).name}" for p in self.pool]
         log.info("lighting pool: %d HDR maps", len(self.pool))
 
     def sample(self, rng: np.random.Generator) -> tuple[EnvironmentSpec, list[AreaLightSpec], dict[str, Any]]:
@@ -113,8 +117,11 @@ class LightingSampler:
                    "sun_azimuth_deg": _uniform(rng, s["sun_azimuth_deg"], "sky.sun_azimuth_deg"),
                    "air": _uniform(rng, s["air"], "sky.air"), "dust": _uniform(rng, s["dust"], "sky.dust")}
             env = EnvironmentSpec(hdri=None, sky=sky, strength=_uniform(rng, s["strength"], "sky.strength"))
+            hdri_name = None
         else:
-            env = EnvironmentSpec(hdri=self.pool[int(rng.integers(len(self.pool)))],
+            pick = int(rng.integers(len(self.pool)))
+            hdri_name = self.pool_names[pick]
+            env = EnvironmentSpec(hdri=self.pool[pick],
                                   rotation_deg=_uniform(rng, h["rotation_deg"], "hdri.rotation_deg"),
                                   strength=_uniform(rng, h["strength"], "hdri.strength"))
         lo, hi = (int(x) for x in a["count"])
@@ -129,7 +136,7 @@ class LightingSampler:
                 size=_uniform(rng, a["size"], "area_lights.size"),
                 power_w=_uniform(rng, a["power_w"], "area_lights.power_w"),
                 color=(1.0, 1.0 - 0.3 * warm, 1.0 - warm)))
-        params = {"hdri": Path(env.hdri).name if env.hdri else None, "hdri_path": env.hdri,
+        params = {"hdri": hdri_name,
                   "rotation_deg": env.rotation_deg, "strength": env.strength, "sky": env.sky,
                   "area_lights": [{"position": list(l.position), "size": l.size, "power_w": l.power_w,
                                    "color": list(l.color)} for l in lights]}

@@ -57,3 +57,25 @@ def test_user_folder_and_errors(tmp_path):
     only_sky = LightingSampler(_cfg(hdri={"builtin": False}, sky={"probability": 1.0}))
     env, _, _ = only_sky.sample(np.random.default_rng(0))
     assert env.hdri is None and env.sky["type"] == "NISHITA"
+
+
+def test_meta_names_hdri_portably(tmp_path):
+    """meta.json must not carry machine paths: the same index renders to the same bytes anywhere."""
+    import shutil
+
+    import numpy as np
+
+    from synth.lighting import LightingSampler, builtin_hdris
+
+    if not builtin_hdris():
+        import pytest
+        pytest.skip("bpy's built-in HDR maps are not installed")
+    shutil.copy(builtin_hdris()[0], tmp_path / "mine.exr")
+    sampler = LightingSampler(hdri_folder=tmp_path)
+    names = set()
+    for seed in range(40):
+        env, _, params = sampler.sample(np.random.default_rng(seed))
+        if env.hdri is not None:
+            assert params["hdri"].split(":")[0] in ("builtin", "folder") and "/" not in params["hdri"]
+            names.add(params["hdri"])
+    assert "folder:mine.exr" in names and any(n.startswith("builtin:") for n in names)
