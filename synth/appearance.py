@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mousefacelift.config import configs_dir
 from mousefacelift.scene import MaterialSpec
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "appearance" / "default.yaml"
 REGIONS = ("fur", "ear_skin", "paw_skin", "tail_skin", "nose_skin", "eye")
 FAMILIES = ("black", "albino", "agouti", "brown", "grey", "piebald")
 
@@ -26,7 +26,7 @@ class AppearanceError(ValueError):
 
 
 def load_appearance_config(path: str | Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = Path(path) if path is not None else configs_dir() / "appearance" / "default.yaml"
     if not path.is_file():
         raise AppearanceError(f"appearance config {path}: no such file")
     with open(path) as fh:

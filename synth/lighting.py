@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mousefacelift.config import configs_dir
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lighting" / "default.yaml"
 HDR_SUFFIXES = (".hdr", ".exr")
 _EXR_MAGIC = b"\x76\x2f\x31\x01"
 _RADIANCE_MAGIC = (b"#?RADIANCE", b"#?RGBE")
@@ -67,7 +67,7 @@ def folder_hdris(folder: str | Path) -> list[Path]:
 
 
 def load_lighting_config(path: str | Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = Path(path) if path is not None else configs_dir() / "lighting" / "default.yaml"
     if not path.is_file():
         raise LightingError(f"lighting config {path}: no such file")
     with open(path) as fh:
