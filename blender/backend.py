@@ -112,6 +112,10 @@ class _MeshSlot:
             me.polygons.foreach_set("loop_start", np.arange(0, f.size, 3, dtype=np.int32))
             self.faces, self.nverts = f.copy(), len(v)
         me.vertices.foreach_set("co", v.ravel())
+        # Material slots must exist before material_index is written: on a mesh with fewer
+        # slots Blender clamps the indices, so a fresh renderer's first pose was shaded
+        # with region 0's material everywhere (skin rendered as fur).
+        self._ensure_slots(len(spec.regions))
         me.polygons.foreach_set("material_index", np.asarray(spec.face_region, dtype=np.int32))
         me.polygons.foreach_set("use_smooth", np.full(len(f), bool(spec.smooth)))
         if spec.uv is not None:
@@ -123,15 +127,17 @@ class _MeshSlot:
         self._apply_materials(spec)
         return rebuilt
 
-    def _apply_materials(self, spec: MeshSpec) -> None:
-        while len(self.materials) < len(spec.regions):
+    def _ensure_slots(self, n: int) -> None:
+        while len(self.materials) < n:
             self.materials.append(SlotMaterial(f"mfl_mat_{self.index}_{len(self.materials)}"))
         slots = self.obj.data.materials
-        want = [m.material for m in self.materials[: len(spec.regions)]]
+        want = [m.material for m in self.materials[:n]]
         if list(slots) != want:
             slots.clear()
             for m in want:
                 slots.append(m)
+
+    def _apply_materials(self, spec: MeshSpec) -> None:
         tex = None
         if spec.texture is not None:
             if spec.uv is None:

@@ -211,3 +211,22 @@ def test_memory_stays_flat_across_repeated_renders(renderer):
 def test_only_one_renderer_per_process(renderer):
     with pytest.raises(RuntimeError, match="already open"):
         BlenderRenderer(quality="preview")
+
+
+def test_first_render_of_a_new_mesh_slot_uses_every_region_material(renderer):
+    # Regression: material_index was written before the slot's materials existed, so the
+    # first pose on a fresh slot (every naive-path pose, every worker's first) was shaded
+    # with region 0's material everywhere.
+    v, f = _icosphere([0, 0, 0], 0.6, subdivisions=2)
+    region = (v[f].mean(1)[:, 1] > 0).astype(int)                 # +Y half is region 1
+    mats = {"red": MaterialSpec(base_color=(0.8, 0.05, 0.05)), "blue": MaterialSpec(base_color=(0.05, 0.05, 0.8))}
+    mesh = MeshSpec(vertices=v, faces=f, face_region=region, regions=["red", "blue"], materials=mats)
+    far = [_mesh(*_icosphere([0, 0, -50.0], 0.01, subdivisions=0)) for _ in range(len(renderer._meshes))]
+    cam = [Camera(K=intrinsics_from_fov(50, 32), w2c=look_at([2.7, 0, 0.3]), width=32, height=32)]
+    scene = SceneSpec(meshes=far + [mesh], cameras=cam, environment=WHITE)   # the last slot is brand new
+    first = renderer.render(scene).rgba[0].astype(int)
+    again = renderer.render(scene).rgba[0].astype(int)
+    assert (np.abs(first - again) <= 2).all()
+    solid = first[..., 3] == 255
+    left, right = first[:, :16][solid[:, :16]], first[:, 16:][solid[:, 16:]]   # image left = world -Y... either way
+    assert {int(left[:, 0].mean() > left[:, 2].mean()), int(right[:, 0].mean() > right[:, 2].mean())} == {0, 1}
