@@ -32,7 +32,7 @@ from mousefacelift.cameras import Camera
 from mousefacelift.scene import MeshSpec, SceneSpec
 
 from .conventions import (blender_camera_params, camera_normals, distort_views, planar_depth,
-                          straight_srgb8)
+                          straight_srgb8, subject_border)
 from .devices import configure_device
 from .exr import read_exr
 from .materials import SlotMaterial, set_image_pixels
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 VIEW_LAYER = "mfl"
 CLIP_START = 1e-3          # world units; the subject sits ~2.7 units away, metric rigs ~1000
 CLIP_END = 1e5
+BORDER_MARGIN_PX = 1.0     # extra pixels around the subject's box, beyond the pixel filter's reach
 __all__ = ["BlenderRenderer", "RenderedViews", "HdrError"]
 
 
@@ -218,6 +219,7 @@ class BlenderRenderer:
         if c.use_denoising:
             c.denoiser = p.denoiser
             c.denoising_input_passes = "RGB_ALBEDO_NORMAL"
+            c.denoising_prefilter = p.denoise_prefilter
         c.max_bounces = p.max_bounces
         c.diffuse_bounces = p.diffuse_bounces
         c.glossy_bounces = p.glossy_bounces
@@ -256,6 +258,18 @@ class BlenderRenderer:
             r.resolution_x, r.resolution_y = p.width, p.height
         r.pixel_aspect_x, r.pixel_aspect_y = p.pixel_aspect_x, p.pixel_aspect_y
         self.camera.matrix_world = mathutils.Matrix(p.matrix_world.tolist())
+
+    def _set_border(self, border) -> None:
+        """Render only ``border`` (see :func:`conventions.subject_border`); the full frame if None.
+        The image keeps its full size (no crop): pixels outside stay empty film."""
+        r = self.scene.render
+        if border is None:
+            r.use_border = False
+            return
+        if border[1] <= border[0] or border[3] <= border[2]:
+            border = (0.0, 1.0 / r.resolution_x, 0.0, 1.0 / r.resolution_y)   # nothing visible: one pixel
+        r.use_border, r.use_crop_to_border = True, False
+        r.border_min_x, r.border_max_x, r.border_min_y, r.border_max_y = border
 
     def _read_passes(self, path: str, cam: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.exr_bytes += os.path.getsize(path)
@@ -297,8 +311,13 @@ class BlenderRenderer:
         normal = np.zeros((V, H, W, 3), np.float32)
         t_render = 0.0
         path = self.scene.render.filepath
+        points = None
+        if self.preset.crop_to_subject:
+            points = np.concatenate([np.asarray(m.vertices, np.float64).reshape(-1, 3) for m in scene.meshes])
+        margin = BORDER_MARGIN_PX + self.preset.filter_width
         for v, cam in enumerate(cams):
             self._set_camera(cam)
+            self._set_border(None if points is None else subject_border(cam, points, margin))
             t = time.perf_counter()
             with _quiet_stdout():
                 bpy.ops.render.render(write_still=True)

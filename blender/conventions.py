@@ -155,3 +155,29 @@ def distort_views(rgba: np.ndarray, depth: np.ndarray, normal: np.ndarray, camer
         n[~inside] = 0.0
         normal[v] = n.reshape(H, W, 3)
     return rgba, depth, normal
+
+
+def subject_border(cam: Camera, points: np.ndarray, margin_px: float) -> tuple[float, float, float, float] | None:
+    """Blender render region (min_x, max_x, min_y, max_y as fractions, y from the BOTTOM)
+    that holds every projected ``points`` [N,3] of the ideal pinhole ``cam`` plus
+    ``margin_px`` pixels; None when the full frame is needed (a point at or behind the
+    camera plane, or the box covers the frame anyway). Triangles project inside the convex
+    hull of their vertices, so the vertices bound the subject's whole silhouette.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(pts) == 0:
+        return None
+    c = pts @ cam.w2c[:3, :3].T + cam.w2c[:3, 3]
+    if (c[:, 2] <= 1e-6).any():
+        return None
+    uv = (c[:, :2] / c[:, 2:3]) @ cam.K[:2, :2].T + cam.K[:2, 2]
+    W, H = cam.width, cam.height
+    x0 = max(0.0, np.floor(uv[:, 0].min() - margin_px)) / W
+    x1 = min(float(W), np.ceil(uv[:, 0].max() + margin_px)) / W
+    y0 = max(0.0, np.floor(uv[:, 1].min() - margin_px)) / H      # top of the box, image rows
+    y1 = min(float(H), np.ceil(uv[:, 1].max() + margin_px)) / H
+    if x1 <= x0 or y1 <= y0:
+        return (0.0, 0.0, 0.0, 0.0)                             # entirely outside: an empty region
+    if x0 <= 0 and y0 <= 0 and x1 >= 1 and y1 >= 1:
+        return None
+    return (x0, x1, 1.0 - y1, 1.0 - y0)

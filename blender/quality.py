@@ -12,6 +12,7 @@ import yaml
 
 QUALITY_DIR = Path(__file__).resolve().parents[1] / "configs" / "quality"
 DENOISERS = ("OPENIMAGEDENOISE", "NONE")
+PREFILTERS = ("NONE", "FAST", "ACCURATE")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class QualityPreset:
     transparent_bounces: int
     filter_width: float
     env_map_resolution: int
+    denoise_prefilter: str
+    crop_to_subject: bool
 
     def with_overrides(self, resolution: int | None = None, samples: int | None = None) -> "QualityPreset":
         out = self
@@ -41,6 +44,12 @@ class QualityPreset:
                 raise ValueError(f"samples: expected a positive sample count, got {samples}")
             out = replace(out, samples=int(samples))
         return out
+
+
+def _strict_bool(v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(v)
+    return v
 
 
 def load_quality(name: str, directory: Path | str = QUALITY_DIR) -> QualityPreset:
@@ -58,13 +67,15 @@ def load_quality(name: str, directory: Path | str = QUALITY_DIR) -> QualityPrese
         raise ValueError(f"{path}: missing fields {missing}, unknown fields {extra}")
     values = {}
     for key, typ in wanted.items():
-        conv = {"int": int, "float": float, "str": str}[typ if isinstance(typ, str) else typ.__name__]
+        conv = {"int": int, "float": float, "str": str, "bool": _strict_bool}[typ if isinstance(typ, str) else typ.__name__]
         try:
             values[key] = conv(raw[key])
         except (TypeError, ValueError):
             raise ValueError(f"{path}: field {key!r} must be {typ}, got {raw[key]!r}") from None
     if values["denoiser"] not in DENOISERS:
         raise ValueError(f"{path}: denoiser must be one of {DENOISERS}, got {values['denoiser']!r}")
+    if values["denoise_prefilter"] not in PREFILTERS:
+        raise ValueError(f"{path}: denoise_prefilter must be one of {PREFILTERS}, got {values['denoise_prefilter']!r}")
     if values["samples"] <= 0 or values["resolution"] <= 0 or values["env_map_resolution"] <= 0:
         raise ValueError(f"{path}: samples, resolution and env_map_resolution must be positive")
     return QualityPreset(name=name, **values)

@@ -28,13 +28,15 @@ class HdrError(ValueError):
 
 
 class WorldRig:
-    def __init__(self, scene: "bpy.types.Scene", map_resolution: int):
+    def __init__(self, scene: "bpy.types.Scene", map_resolution: int | None):
         world = bpy.data.worlds.get("mfl_world") or bpy.data.worlds.new("mfl_world")
         scene.world = world
         # A fixed importance-map size: Cycles' automatic choice re-evaluates a huge map on
         # every scene change (seconds per pose on CPU) for no visible gain at our resolutions.
-        world.cycles.sampling_method = "MANUAL"
-        world.cycles.sample_map_resolution = int(map_resolution)
+        # None keeps Blender's default (AUTOMATIC), as the benchmark's naive path does.
+        if map_resolution is not None:
+            world.cycles.sampling_method = "MANUAL"
+            world.cycles.sample_map_resolution = int(map_resolution)
         world.use_nodes = True
         nt = world.node_tree
         nt.nodes.clear()

@@ -230,3 +230,28 @@ def test_first_render_of_a_new_mesh_slot_uses_every_region_material(renderer):
     solid = first[..., 3] == 255
     left, right = first[:, :16][solid[:, :16]], first[:, 16:][solid[:, 16:]]   # image left = world -Y... either way
     assert {int(left[:, 0].mean() > left[:, 2].mean()), int(right[:, 0].mean() > right[:, 2].mean())} == {0, 1}
+
+
+def test_zip_exr_reads_back_like_uncompressed_and_crop_matches_full_frame(renderer):
+    # The naive benchmark path writes Blender's default ZIP codec; the reader must decode it
+    # to the same pixels. The subject crop (render region) must not change alpha or depth.
+    from dataclasses import replace
+    v, f = _icosphere([0.2, 0, 0], 0.4, subdivisions=2)
+    cam = [Camera(K=intrinsics_from_fov(50, 40), w2c=look_at([2.7, 0.3, 0.5]), width=40, height=40)]
+    scene = SceneSpec(meshes=[_mesh(v, f)], cameras=cam, environment=WHITE)
+    im = renderer.scene.render.image_settings
+    preset = renderer.preset
+    try:
+        renderer.preset = replace(preset, crop_to_subject=False)
+        full = renderer.render(scene)
+        im.exr_codec = "ZIP"
+        zipped = renderer.render(scene)
+    finally:
+        im.exr_codec = "NONE"
+        renderer.preset = preset
+    np.testing.assert_array_equal(full.rgba, zipped.rgba)
+    np.testing.assert_array_equal(full.depth, zipped.depth)
+    crop = renderer.render(replace(scene))
+    assert renderer.scene.render.use_border                  # the crop was really used
+    np.testing.assert_array_equal(crop.rgba[..., 3] > 0, full.rgba[..., 3] > 0)
+    np.testing.assert_allclose(crop.depth, full.depth, atol=1e-5)

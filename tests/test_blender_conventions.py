@@ -77,8 +77,22 @@ def test_exr_reader_rejects_non_exr(tmp_path):
     bad.write_bytes(b"not an exr at all")
     with pytest.raises(ExrError, match="x.exr"):
         read_exr(str(bad))
-    zipped = tmp_path / "z.exr"
-    hdr = struct.pack("<iI", 20000630, 2) + b"compression\0compression\0" + struct.pack("<i", 1) + b"\x03" + b"\0"
-    zipped.write_bytes(hdr)
-    with pytest.raises(ExrError, match="ZIP"):
-        read_exr(str(zipped))
+    piz = tmp_path / "p.exr"                     # PIZ is not decoded (Blender's NONE/ZIPS/ZIP are)
+    hdr = struct.pack("<iI", 20000630, 2) + b"compression\0compression\0" + struct.pack("<i", 1) + b"\x04" + b"\0"
+    piz.write_bytes(hdr)
+    with pytest.raises(ExrError, match="PIZ"):
+        read_exr(str(piz))
+
+
+def test_subject_border_bounds_the_projection_and_falls_back_to_full_frame():
+    from blender.conventions import subject_border
+    cam = Camera(K=np.array([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]), w2c=look_at([3.0, 0, 0]), width=64, height=48)
+    pts = np.random.default_rng(1).uniform(-0.3, 0.3, (200, 3))
+    b = subject_border(cam, pts, margin_px=2.0)
+    uv, _ = cam.project(pts)
+    x0, x1, y0, y1 = b                                         # fractions, y from the bottom
+    assert 0 < x0 < x1 < 1 and 0 < y0 < y1 < 1
+    assert (uv[:, 0] >= x0 * 64 + 2 - 1e-6).all() and (uv[:, 0] <= x1 * 64 - 2 + 1e-6).all()
+    assert ((48 - uv[:, 1]) >= y0 * 48 + 2 - 1e-6).all() and ((48 - uv[:, 1]) <= y1 * 48 - 2 + 1e-6).all()
+    assert subject_border(cam, np.array([[4.0, 0, 0]]), 2.0) is None          # behind the camera
+    assert subject_border(cam, np.array([[0, 5.0, 5.0], [0, -5.0, -5.0]]), 2.0) is None   # fills the frame
