@@ -18,15 +18,17 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mousefacelift.cameras import make_rig, stack_cameras  # noqa: E402
-from mousefacelift.models.gslrm import GSLRM  # noqa: E402
+from mousefacelift.models.gslrm import GSLRM, load_model_config  # noqa: E402
 from mousefacelift.splat import render  # noqa: E402
 from train.losses import LossConfig, compute_losses  # noqa: E402
 from train.metrics import mask_iou, masked_psnr, psnr  # noqa: E402
@@ -103,6 +105,8 @@ def main(argv=None):
     ap.add_argument("--fov", type=float, default=30.0,
                     help="field of view of the built sample (the rig default 50 leaves the mouse ~3%% of pixels)")
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override fields of the model preset (e.g. patch_size=4)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--minutes", type=float, default=5.0, help="stop after this wall time")
@@ -126,12 +130,18 @@ def main(argv=None):
     inp = torch.arange(0, args.views, args.views // args.inputs)[: args.inputs]
     batch = {"rgb": target[None], "alpha": alpha[None], "depth": depth[None], "has_depth": torch.ones(1),
              "K": K[None], "c2w": c2w[None], "background": bg}
-    model = GSLRM.from_config(args.model)
+    mcfg = load_model_config(args.model)
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if not hasattr(mcfg, key):
+            raise SystemExit(f"--set {kv}: unknown model config key {key!r}")
+        mcfg = replace(mcfg, **{key: type(getattr(mcfg, key))(yaml.safe_load(value))})
+    model = GSLRM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     lcfg = LossConfig(rgb_weight=1.0, alpha_weight=0.5, depth_weight=0.1)
     print(f"# data: {source}; {args.views} views {args.size}px, inputs {inp.tolist()}, "
           f"foreground {float(alpha.mean()):.1%} of pixels")
-    print(f"# model: {args.model} ({model.num_parameters():,} params), "
+    print(f"# model: {args.model} {' '.join(args.set)} ({model.num_parameters():,} params), "
           f"{args.inputs * args.size ** 2:,} Gaussians, lr {args.lr}, torch threads {args.threads}")
     print(f"{'step':>5} {'loss':>8} {'psnr_mask':>9} {'psnr':>7} {'iou':>6} {'sec':>7}")
     t0 = time.time()

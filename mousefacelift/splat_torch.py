@@ -38,10 +38,10 @@ SIGMA_EXTENT = 3.0             # bounding radius in standard deviations
 class RasterSettings:
     """Knobs of the reference rasterizer (defaults match 3DGS / gsplat classic mode)."""
 
-    eps2d: float = 0.3          # low-pass filter added to the 2D covariance, px²
-    tile_size: int = 8          # pixels per tile side
-    block_elements: int = 1 << 22  # (tiles x Gaussians x pixels) evaluated per block: the memory bound
-    checkpoint_chunks: bool = True  # recompute tile blocks in backward instead of storing them
+    eps2d: float = 0.3             # low-pass filter added to the 2D covariance, px²
+    chunk_pairs: int = 1 << 21     # candidate (pixel, Gaussian) pairs per chunk of rows: the memory bound
+    slab_pairs: int = 1 << 17      # candidate pairs per depth slab (finished pixels are skipped between slabs)
+    checkpoint_chunks: bool = False  # recompute each chunk's blend in backward instead of storing it
 
 
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
@@ -141,59 +141,168 @@ def project_gaussians(means, scales, rotations, K, w2c, width: int, height: int,
     return mean2d, conic, z, radius
 
 
-def _tile_pairs(mean2d, radius, depth, tiles_x: int, tiles_y: int, tile: int):
-    """All (image, tile, gaussian) overlaps, sorted by tile then depth.
+def _pixel_boxes(mean2d, conic, radius, opacities, width: int, height: int):
+    """Inclusive pixel box of each Gaussian's cut-off ellipse (no gradient).
 
-    Returns flat image-major Gaussian indices ``gid`` (into the [I*N] flattening), their
-    global tile ids and per-tile [start, count].
-    """
-    I, N = radius.shape
-    u, v = mean2d[..., 0].detach(), mean2d[..., 1].detach()
-    r = radius
-    x0 = ((u - r) / tile).floor().clamp(0, tiles_x - 1).long()
-    x1 = ((u + r) / tile).floor().clamp(0, tiles_x - 1).long()
-    y0 = ((v - r) / tile).floor().clamp(0, tiles_y - 1).long()
-    y1 = ((v + r) / tile).floor().clamp(0, tiles_y - 1).long()
-    nx, ny = x1 - x0 + 1, y1 - y0 + 1
-    counts = torch.where(r > 0, nx * ny, torch.zeros_like(nx)).reshape(-1)
-    total = int(counts.sum())
-    gid = torch.repeat_interleave(torch.arange(I * N, device=radius.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=radius.device) - torch.repeat_interleave(first, counts)
-    nxf = nx.reshape(-1)[gid]
-    tx = x0.reshape(-1)[gid] + local % nxf
-    ty = y0.reshape(-1)[gid] + local // nxf
-    img = gid // N
-    tile_id = img * (tiles_x * tiles_y) + ty * tiles_x + tx
-    d = depth.detach().reshape(-1)[gid]
-    order = torch.sort(d, stable=True).indices
-    order = order[torch.sort(tile_id[order], stable=True).indices]
-    gid, tile_id = gid[order], tile_id[order]
-    n_tiles = I * tiles_x * tiles_y
-    per_tile = torch.bincount(tile_id, minlength=n_tiles)
-    start = torch.cumsum(per_tile, 0) - per_tile
-    return gid, per_tile, start
+    The ellipse is where alpha can reach 1/255 (``o·exp(-e²/2) = 1/255``), capped at 3σ: its
+    axis-aligned half widths are ``e·sqrt(Σxx)`` and ``e·sqrt(Σyy)`` (Σ = conic⁻¹), far
+    tighter than a 3·sqrt(λmax) square on tiles. Returns x0, y0, nx, ny (long; nx = ny = 0
+    for culled Gaussians)."""
+    A, B, C = conic.detach().unbind(-1)
+    u, v = mean2d.detach().unbind(-1)
+    live = radius > 0
+    det = torch.where(live, A * C - B * B, torch.ones_like(A))
+    e = torch.sqrt(2 * torch.log((opacities.detach() / ALPHA_MIN).clamp_min(1.0))).clamp_max(SIGMA_EXTENT)
+    hx = e * torch.sqrt((C / det).clamp_min(0))
+    hy = e * torch.sqrt((A / det).clamp_min(0))
+    # pixel j's centre is j + 0.5: columns with |j + 0.5 - u| <= hx
+    x0 = torch.ceil(u - hx - 0.5).clamp(0, width)
+    x1 = torch.floor(u + hx - 0.5).clamp(-1, width - 1)
+    y0 = torch.ceil(v - hy - 0.5).clamp(0, height)
+    y1 = torch.floor(v + hy - 0.5).clamp(-1, height - 1)
+    live = live & (x1 >= x0) & (y1 >= y0) & torch.isfinite(hx) & torch.isfinite(hy)
+    zero = torch.zeros_like(x0)
+    nx = torch.where(live, x1 - x0 + 1, zero).long()
+    ny = torch.where(live, y1 - y0 + 1, zero).long()
+    return torch.where(live, x0, zero).long(), torch.where(live, y0, zero).long(), nx, ny
 
 
-def _blend_block(pix, mean2d, conic, opac, feat, valid):
-    """Front-to-back alpha blending of one block of tiles.
+def _row_chunks(row0, ny, nx, rows: int, budget: int) -> list[tuple[int, int]]:
+    """Split the global pixel rows [0, rows) into consecutive ranges holding at most
+    ``budget`` candidate (pixel, Gaussian) pairs each (at least one row per range)."""
+    diff = torch.zeros(rows + 1, dtype=torch.long, device=nx.device)
+    live = ny > 0
+    diff.index_add_(0, row0[live], nx[live])
+    diff.index_add_(0, row0[live] + ny[live], -nx[live])
+    per_row = torch.cumsum(diff[:-1], 0).tolist()
+    chunks, r0, acc = [], 0, 0
+    for r, n in enumerate(per_row):
+        if acc and acc + n > budget:
+            chunks.append((r0, r))
+            r0, acc = r, 0
+        acc += n
+    chunks.append((r0, rows))
+    return chunks
 
-    pix [T,P,2] pixel centres; mean2d [T,M,2], conic [T,M,3], opac [T,M], feat [T,M,C]
-    (colour channels then depth), valid [T,M] -> accumulated features [T,P,C], alpha [T,P].
-    """
-    d = pix[:, None, :, :] - mean2d[:, :, None, :]                    # [T,M,P,2]
-    dx, dy = d[..., 0], d[..., 1]
-    A, Bc, C = conic[..., 0:1], conic[..., 1:2], conic[..., 2:3]
-    power = -0.5 * (A * dx * dx + C * dy * dy) - Bc * dx * dy         # [T,M,P]
-    alpha = (opac[..., None] * torch.exp(power.clamp_max(0.0))).clamp_max(ALPHA_MAX)
-    keep = valid[..., None] & (power <= 0) & (alpha >= ALPHA_MIN)
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-    log_t = torch.cumsum(torch.log1p(-alpha), dim=1)                  # inclusive
-    t_after = torch.exp(log_t)
-    t_before = torch.exp(log_t - torch.log1p(-alpha))
-    w = torch.where(t_after >= T_MIN, alpha * t_before, torch.zeros_like(alpha))
-    out = torch.einsum("tmp,tmc->tpc", w, feat)
-    return out, w.sum(dim=1)
+
+def _alpha(attr, px, py):
+    """alpha and the Gaussian exponent of (pixel, Gaussian) pairs from gathered attributes
+    ``attr`` [P, >=6] = (u, v, conic a, b, c, opacity, ...); 3DGS's 0.99 clamp."""
+    u, v, ca, cb, cc, o = attr.unbind(1)[:6]   # unbind: one gradient buffer, not one per column
+    dx, dy = px - u, py - v
+    power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
+    return (o * torch.exp(power.clamp_max(0.0))).clamp_max(ALPHA_MAX), power
+
+
+def _transmittance(alpha, seg_start):
+    """Exclusive front-to-back transmittance of pairs sorted by (pixel, depth): a float64
+    cumulative sum of log(1-alpha), restarted at each pixel's first pair (``seg_start``:
+    index of that pair). Returns (T before, T after) in alpha's dtype."""
+    log1m = torch.log1p(-alpha.double())
+    before = torch.cumsum(log1m, 0) - log1m
+    before = before - before.index_select(0, seg_start)
+    return torch.exp(before).to(alpha.dtype), torch.exp(before + log1m).to(alpha.dtype)
+
+
+def _segment_starts(pix):
+    """For pairs sorted by pixel id: the index of the first pair of each pair's pixel."""
+    idx = torch.arange(pix.numel(), device=pix.device)
+    first = torch.ones_like(pix, dtype=torch.bool)
+    first[1:] = pix[1:] != pix[:-1]
+    return torch.cummax(torch.where(first, idx, torch.zeros_like(idx)), 0).values
+
+
+def _pair_pixels(pix, r0: int, width: int, height: int, dtype):
+    """Pixel-centre coordinates of chunk-local pixel indices (chunk starting at global row r0)."""
+    return (pix % width).to(dtype) + 0.5, ((pix // width + r0) % height).to(dtype) + 0.5
+
+
+def _blend_pairs(attr, gid, pix, seg_start, r0: int, width: int, height: int, n_pix: int):
+    """Differentiable blend of the contributing pairs (sorted by pixel, then depth) of one
+    chunk. attr [I*N, 6+C] = (u, v, conic, opacity, features) -> Σ w·features [n_pix, C],
+    accumulated alpha [n_pix]."""
+    a = attr.index_select(0, gid)
+    px, py = _pair_pixels(pix, r0, width, height, attr.dtype)
+    alpha, _ = _alpha(a[:, :6], px, py)
+    t_before, _ = _transmittance(alpha, seg_start)
+    w = alpha * t_before
+    out = torch.zeros(n_pix, attr.shape[1] - 5, device=attr.device, dtype=attr.dtype)
+    out = out.index_add(0, pix, torch.cat([w[:, None] * a[:, 6:], w[:, None]], dim=1))
+    return out[:, :-1], out[:, -1]
+
+
+def _composite_chunk(attr, gsel, counts, x0, y0, nx, r0: int, n_pix: int, width: int, height: int, IN: int,
+                     slab_pairs: int, accumulate: bool):
+    """Front-to-back compositing of one chunk of pixel rows without autograd, in depth slabs.
+
+    ``gsel`` are the chunk's Gaussians in (image, depth) order with their pair ``counts`` and
+    chunk-local boxes (x0, y0, nx). Slabs of consecutive Gaussians (about ``slab_pairs``
+    candidate pairs each) are composited in order; pixels whose transmittance has hit the
+    3DGS stop are finished, and a Gaussian whose whole box is finished (summed-area table)
+    generates no pairs at all -- the early stop is what keeps dense clouds cheap.
+    Returns the keys ``pixel * IN + gaussian`` of every contributing pair (unsorted) and, with
+    ``accumulate``, the blended [n_pix, 5] (features..., alpha)."""
+    dev, dt = attr.device, attr.dtype
+    rows = n_pix // width
+    log_t = torch.zeros(n_pix, dtype=torch.float64, device=dev)       # log transmittance so far
+    done = torch.zeros(n_pix, dtype=torch.bool, device=dev)
+    out = torch.zeros(n_pix, 5, device=dev, dtype=dt) if accumulate else None
+    keys = []
+    if gsel.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=dev), out
+    bounds = torch.cumsum(counts, 0)
+    cuts = torch.searchsorted(bounds, torch.arange(slab_pairs, int(bounds[-1]) + slab_pairs, slab_pairs,
+                                                   device=dev), right=True).tolist()
+    ny = counts // nx
+    s0 = 0
+    for s1 in dict.fromkeys(cuts):                                   # unique, in order
+        s1 = min(max(s1, s0 + 1), gsel.numel())
+        if s1 <= s0:
+            continue
+        g, c, bx, by, bw = gsel[s0:s1], counts[s0:s1], x0[s0:s1], y0[s0:s1], nx[s0:s1]
+        s0 = s1
+        if bool(done.any()):                                         # skip Gaussians over finished pixels
+            sat = torch.zeros(rows + 1, width + 1, dtype=torch.long, device=dev)
+            sat[1:, 1:] = (~done).reshape(rows, width).long().cumsum(0).cumsum(1)
+            bh = ny[s0 - g.numel():s0]
+            open_px = (sat[by + bh, bx + bw] - sat[by, bx + bw] - sat[by + bh, bx] + sat[by, bx])
+            m = open_px > 0
+            g, c, bx, by, bw = g[m], c[m], bx[m], by[m], bw[m]
+            if g.numel() == 0:
+                continue
+        total = int(c.sum())
+        local = torch.arange(total, device=dev) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c,
+                                                                           output_size=total)
+        w_g = torch.repeat_interleave(bw, c, output_size=total)
+        row = local // w_g
+        pix = torch.repeat_interleave(by * width + bx, c, output_size=total) + row * width + (local - row * w_g)
+        del local, w_g, row
+        a = torch.repeat_interleave(attr[g, :6], c, dim=0, output_size=total)
+        alpha, power = _alpha(a, *_pair_pixels(pix, r0, width, height, dt))
+        del a
+        keep = (alpha >= ALPHA_MIN) & (power >= -0.5 * SIGMA_EXTENT ** 2) & ~done[pix]
+        key = pix.mul_(IN).add_(torch.repeat_interleave(g, c, output_size=total))[keep]
+        if key.numel() == 0:
+            continue
+        key, srt = torch.sort(key)                                   # by pixel, then depth
+        alpha = alpha[keep][srt]
+        pix = key // IN
+        seg = _segment_starts(pix)
+        log1m = torch.log1p(-alpha.double())
+        before = torch.cumsum(log1m, 0) - log1m
+        before = before - before.index_select(0, seg) + log_t.index_select(0, pix)
+        live = (before + log1m) >= math.log(T_MIN)                   # 3DGS early stop (a prefix per pixel)
+        stopped = pix[~live]
+        done[stopped] = True
+        key, pix, alpha, log1m, before = key[live], pix[live], alpha[live], log1m[live], before[live]
+        log_t.index_add_(0, pix, log1m)
+        keys.append(key)
+        if accumulate:
+            w = alpha * torch.exp(before).to(dt)
+            feat = attr.index_select(0, key - pix * IN)[:, 6:]
+            out.index_add_(0, pix, torch.cat([w[:, None] * feat, w[:, None]], dim=1))
+    keys = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.long, device=dev)
+    return keys, out
 
 
 def rasterize_projected(mean2d, conic, depth, radius, opacities, colors, width: int, height: int,
@@ -202,64 +311,61 @@ def rasterize_projected(mean2d, conic, depth, radius, opacities, colors, width: 
 
     mean2d [I,N,2], conic [I,N,3], depth/radius [I,N], opacities [I,N], colors [I,N,3]
     -> rgb [I,H,W,3], alpha [I,H,W], depth [I,H,W] (the un-normalised sum w·z).
+
+    Work is done on (pixel, Gaussian) pairs, never on padded [pixels x Gaussians] blocks:
+    1. every Gaussian lists the pixels of its cut-off ellipse's box (``_pixel_boxes``);
+    2. without autograd: alpha per pair, pairs below 1/255 or beyond 3σ dropped, one sort by
+       (pixel, depth rank), transmittance by a segmented cumulative sum, pairs after the
+       3DGS early stop (T < 1e-4) dropped;
+    3. only the surviving pairs are blended again with autograd (exact: the dropped pairs
+       have weight 0 and do not change any transmittance, and which pairs survive is
+       piecewise constant in the parameters).
+    Pixel rows are processed in chunks of at most ``settings.chunk_pairs`` candidate pairs.
     """
     I, N = radius.shape
-    ts = settings.tile_size
-    tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
-    n_tiles_img = tiles_x * tiles_y
     dev, dt = mean2d.device, mean2d.dtype
-    gid, per_tile, start = _tile_pairs(mean2d, radius, depth, tiles_x, tiles_y, ts)
+    H, W = height, width
+    attr = torch.cat([mean2d, conic, opacities[..., None], colors, depth[..., None]], dim=-1).reshape(I * N, 10)
+    needs_grad = torch.is_grad_enabled() and attr.requires_grad
 
-    flat_mean = mean2d.reshape(I * N, 2)
-    flat_conic = conic.reshape(I * N, 3)
-    flat_op = opacities.reshape(I * N)
-    flat_feat = torch.cat([colors, depth[..., None]], dim=-1).reshape(I * N, 4)
+    # Gaussians re-ordered by depth within each image, once: then a pair's (pixel, Gaussian)
+    # key ``pixel * I*N + index`` sorts by pixel and then by depth in a single sort.
+    order = torch.argsort(depth.detach(), dim=1, stable=True)
+    attr = attr.reshape(I, N, 10).gather(1, order[..., None].expand(I, N, 10)).reshape(I * N, 10)
+    x0, y0, nx, ny = (t.gather(1, order).reshape(-1) for t in _pixel_boxes(mean2d, conic, radius, opacities, W, H))
+    img = torch.arange(I, device=dev).repeat_interleave(N)
+    row0 = img * H + y0                                               # global row = image * H + row
+    attr_d = attr.detach()
+    IN = I * N
 
-    # pixel centres of one tile, offset per tile below
-    py, px = torch.meshgrid(torch.arange(ts, device=dev, dtype=dt), torch.arange(ts, device=dev, dtype=dt),
-                            indexing="ij")
-    tile_pix = torch.stack([px, py], dim=-1).reshape(-1, 2) + 0.5     # [P,2]
-    tile_ids = torch.arange(I * n_tiles_img, device=dev)
-    local = tile_ids % n_tiles_img
-    origin = torch.stack([(local % tiles_x) * ts, (local // tiles_x) * ts], dim=-1).to(dt)
+    outs, accs = [], []
+    for r0, r1 in _row_chunks(row0, ny, nx, I * H, settings.chunk_pairs):
+        n_pix = (r1 - r0) * W
+        cy0 = row0.clamp_min(r0)
+        cnt = nx * ((row0 + ny).clamp_max(r1) - cy0).clamp_min(0)
+        gsel = torch.nonzero(cnt)[:, 0]
+        with torch.no_grad():
+            live_keys, acc_out = _composite_chunk(attr_d, gsel, cnt[gsel], x0[gsel], cy0[gsel] - r0, nx[gsel],
+                                                  r0, n_pix, W, H, IN, settings.slab_pairs, not needs_grad)
+        if not needs_grad:
+            outs.append(acc_out[:, :4])
+            accs.append(acc_out[:, 4])
+            continue
+        with torch.no_grad():
+            key = torch.sort(live_keys).values                        # by pixel, then depth
+            pix = key // IN
+            gid = key - pix * IN
+            seg = _segment_starts(pix)
 
-    # Tiles are processed busiest first, in blocks whose padded size [T, M, P] stays under
-    # ``block_elements``: sorting by load keeps the padding (M = the block's busiest tile) small.
-    P = ts * ts
-    total = I * n_tiles_img
-    order = torch.argsort(per_tile, descending=True)
-    counts_sorted = per_tile[order].tolist()
-    out_all = torch.zeros(total, P, 4, device=dev, dtype=dt)
-    alpha_all = torch.zeros(total, P, device=dev, dtype=dt)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (flat_mean, flat_conic, flat_op, flat_feat))
-    c0 = 0
-    while c0 < total and counts_sorted[c0] > 0:
-        M = counts_sorted[c0]
-        T = max(1, settings.block_elements // (M * P))
-        c1 = min(total, c0 + T)
-        while counts_sorted[c1 - 1] == 0:   # trailing empty tiles need no work
-            c1 -= 1
-        tiles = order[c0:c1]
-        cnt = per_tile[tiles]
-        slot = torch.arange(M, device=dev)
-        valid = slot[None, :] < cnt[:, None]                          # [T,M]
-        idx = (start[tiles, None] + slot[None, :]).clamp_max(gid.numel() - 1)
-        g = torch.where(valid, gid[idx], torch.zeros_like(idx))
-        pix = origin[tiles, None, :] + tile_pix[None]                 # [T,P,2]
+        def blend(at, gid=gid, pix=pix, seg=seg, r0=r0, n_pix=n_pix):
+            return _blend_pairs(at, gid, pix, seg, r0, W, H, n_pix)
 
-        def block(fm, fc, fo, ff, g=g, pix=pix, valid=valid):
-            return _blend_block(pix, fm[g], fc[g], fo[g], ff[g], valid)
-
-        if settings.checkpoint_chunks and needs_grad:
-            out, a = checkpoint(block, flat_mean, flat_conic, flat_op, flat_feat, use_reentrant=False)
+        if settings.checkpoint_chunks:
+            out, acc = checkpoint(blend, attr, use_reentrant=False)
         else:
-            out, a = block(flat_mean, flat_conic, flat_op, flat_feat)
-        out_all = out_all.index_copy(0, tiles, out)
-        alpha_all = alpha_all.index_copy(0, tiles, a)
-        c0 = c1
-    outs, alphas = [out_all], [alpha_all]
-    out = torch.cat(outs, 0).reshape(I, tiles_y, tiles_x, ts, ts, 4)
-    alpha = torch.cat(alphas, 0).reshape(I, tiles_y, tiles_x, ts, ts)
-    out = out.permute(0, 1, 3, 2, 4, 5).reshape(I, tiles_y * ts, tiles_x * ts, 4)[:, :height, :width]
-    alpha = alpha.permute(0, 1, 3, 2, 4).reshape(I, tiles_y * ts, tiles_x * ts)[:, :height, :width]
+            out, acc = blend(attr)
+        outs.append(out)
+        accs.append(acc)
+    out = torch.cat(outs, 0).reshape(I, H, W, 4)
+    alpha = torch.cat(accs, 0).reshape(I, H, W)
     return out[..., :3], alpha, out[..., 3]

@@ -152,12 +152,36 @@ def test_small_block_budget_gives_same_image():
                   opacities=torch.rand(1, N, 1), sh=torch.randn(1, N, 1, 3))
     K = torch.tensor(intrinsics_from_fov(50, 40), dtype=torch.float32)[None, None]
     c2w = torch.tensor(np.linalg.inv(look_at([2.7, 0.3, 0.4])), dtype=torch.float32)[None, None]
-    a = render(g, K, c2w, 40, 40, settings=RasterSettings(block_elements=1 << 24))
-    b = render(g, K, c2w, 40, 40, settings=RasterSettings(block_elements=1000, tile_size=16))
+    a = render(g, K, c2w, 40, 40, settings=RasterSettings(chunk_pairs=1 << 24))
+    b = render(g, K, c2w, 40, 40, settings=RasterSettings(chunk_pairs=1000, checkpoint_chunks=True))
     torch.testing.assert_close(a.rgb, b.rgb, atol=1e-6, rtol=0)
+    # tiny depth slabs: finished pixels are skipped between slabs, the image must not change
+    c = render(g, K, c2w, 40, 40, settings=RasterSettings(slab_pairs=50))
+    torch.testing.assert_close(a.rgb, c.rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.alpha, c.alpha, atol=1e-6, rtol=0)
 
 
-def test_gradients_match_finite_differences_float64():
+def test_dense_opaque_stack_stops_early_like_3dgs():
+    # 40 Gaussians of opacity 0.95 stacked along the optical axis: transmittance after k of
+    # them is 0.05^k, so the 4th would drop it below 1e-4 and blending stops after 3
+    # (3DGS), whatever the slab size; without the stop alpha would be 1 - 0.05^40.
+    n, o = 40, 0.95
+    means = [[0.0, 0.0, 2.0 + 0.05 * i] for i in range(n)]
+    cols = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] + [[1.0, 1.0, 1.0]] * (n - 3)
+    g = make(means[::-1], [[5.0] * 3] * n, [o] * n, cols[::-1])
+    K, c2w = identity_camera(8, 4.0)
+    K = K.clone()
+    K[..., :2, 2] = 4.5                                   # the Gaussians land on pixel (4, 4)'s centre
+    for slab in (1 << 17, 7, 1):
+        out = render(g, K, c2w, 8, 8, background=(0, 0, 0), settings=RasterSettings(slab_pairs=slab))
+        torch.testing.assert_close(out.rgb[0, 0, :, 4, 4], torch.tensor([o, 0.05 * o, 0.05 ** 2 * o]),
+                                   atol=1e-5, rtol=0)
+        assert abs(float(out.alpha[0, 0, 0, 4, 4]) - (1 - 0.05 ** 3)) < 1e-6
+
+
+@pytest.mark.parametrize("settings", [RasterSettings(), RasterSettings(chunk_pairs=30, slab_pairs=5,
+                                                                       checkpoint_chunks=True)])
+def test_gradients_match_finite_differences_float64(settings):
     dt = torch.float64
     g = make([[0.1, -0.05, 3.0], [-0.15, 0.1, 3.4], [0.05, 0.2, 2.8]],
              [[0.25, 0.18, 0.2], [0.2, 0.3, 0.2], [0.15, 0.2, 0.22]], [0.6, 0.7, 0.5],
@@ -168,7 +192,7 @@ def test_gradients_match_finite_differences_float64():
 
     def loss(means, scales, rots, opac, sh):
         gg = Gaussians(means, scales, rots, opac, sh)
-        out = render(gg, K, c2w, 12, 12, background=(0.3, 0.3, 0.3))
+        out = render(gg, K, c2w, 12, 12, background=(0.3, 0.3, 0.3), settings=settings)
         return (out.rgb * weights).sum() + out.alpha.sum() + (out.depth * out.alpha).sum() * 0.1
 
     inputs = [t.clone().requires_grad_(True) for t in (g.means, g.scales, g.rotations, g.opacities, g.sh)]
