@@ -177,25 +177,6 @@ def make_renderer(cfg: Mapping, device: str, threads: int):
     return BlenderRenderer(**kw)
 
 
-def warm_up(renderer, composer) -> None:
-    """Render one 4x4-pixel view before the real work.
-
-    Why: with blender.backend as of this writing, the first render of a fresh
-    BlenderRenderer shades skin regions differently from every later render of the same
-    scene (found by the split-determinism test), so a sample's pixels would depend on
-    whether it was a worker's first. One throwaway render (~0.4 s per worker start) puts
-    every worker in the same state, which makes output independent of the split.
-    """
-    from dataclasses import replace
-
-    try:
-        scene = composer.compose(0)
-    except Exception as e:   # a source whose index 0 is unusable (e.g. a skipped object file)
-        log.warning("warm-up render skipped (index 0 did not compose: %s)", e)
-        return
-    renderer.render(replace(scene, cameras=[scene.cameras[0].resized(4, 4)]))
-
-
 def worker_main(args: WorkerArgs, tasks, results) -> None:
     """Take shard indices from ``tasks`` and render them until the queue is empty or
     ``recycle_every`` poses are done; report ("start"|"pose"|"shard"|"error"|"exit", ...) on ``results``."""
@@ -208,7 +189,6 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
 
         composer = make_composer(cfg)
         renderer = make_renderer(cfg, args.device, args.threads)
-        warm_up(renderer, composer)
     except Exception as e:   # setup failures are the same for every retry
         results.put(("error", wid, None, f"worker setup failed: {type(e).__name__}: {e}", True,
                      traceback.format_exc()))
