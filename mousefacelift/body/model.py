@@ -397,6 +397,14 @@ class BodyModel:
             keypoints=self._apply_global(kps, params),
         )
 
+    def local_keypoints(self, params: PoseParams, use_smplx: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """DANNCE keypoints [B,22,3] and joints [B,J,3] in the model frame, before the global
+        rotation/scale/translation (only the keypoint vertices are skinned): the fit's path."""
+        posed, A = self.skinning_transforms(params, use_smplx=use_smplx)
+        kv = self._keypoint_vertex_ids()
+        kverts = self.skin(A, kv) if len(kv) else None
+        return self._keypoints(kverts, posed), posed
+
     def _keypoint_vertex_ids(self) -> np.ndarray:
         if "kp_vids" not in self._cache:
             ids = [np.asarray(i) for t, i in self.keypoint_spec if t == "V"]

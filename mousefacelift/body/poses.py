@@ -42,7 +42,52 @@ def load_pose_config(path: str | Path | None = None) -> dict:
         raise FileNotFoundError(f"{path}: pose config not found") from None
     if not isinstance(cfg, dict) or "families" not in cfg:
         raise ValueError(f"{path}: expected a mapping with 'families', 'limits', ...")
+    cfg["fitted"] = load_fitted(cfg.get("fitted"), path.parent)
     return cfg
+
+
+def load_fitted(spec, base: Path | None = None) -> dict | None:
+    """The fitted-statistics file named by a pose config's ``fitted`` key (a path relative to
+    the config's folder, or already a mapping; None/"" = none). Written by
+    benchmarks/fit_dannce_poses.py: per model a base stance and per-family overrides."""
+    if spec is None or spec == "" or isinstance(spec, Mapping):
+        return dict(spec) if spec else None
+    path = Path(spec)
+    if not path.is_absolute():
+        path = (base or DEFAULT_POSE_CONFIG.parent) / path
+    try:
+        fitted = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: fitted pose statistics named by the pose config's 'fitted' key not found "
+                                f"(regenerate with benchmarks/fit_dannce_poses.py or set fitted: null)") from None
+    if not isinstance(fitted, dict) or not isinstance(fitted.get("models"), dict):
+        raise ValueError(f"{path}: expected a mapping with 'models: {{model name: {{stance, families}}}}'")
+    return fitted
+
+
+def segment_sign(seg: str) -> np.ndarray:
+    """Per-component sign from segment (flex, twist, abd) to joint axis-angle (x, y, z): left
+    limbs abduct about -Z, right limbs about +Z with mirrored twist, axial segments bend
+    toward the right for abd > 0, so one value means the same motion on both sides."""
+    if seg.endswith("_r"):
+        return np.array([1.0, -1.0, 1.0])
+    if seg.endswith("_l"):
+        return np.array([1.0, 1.0, -1.0])
+    return np.ones(3)
+
+
+def segment_joint_map(model: BodyModel, seg_names: list[str] | None = None) -> np.ndarray:
+    """Linear map [S*3, J*3] from segment angles (flex, twist, abd) to joint axis-angles in the
+    anatomical frames: a chain shares its segment's angle equally among its joints. Used by
+    the sampler and by the keypoint fit, so fitted angles are in the sampler's coordinates."""
+    seg_names = list(model.segments) if seg_names is None else list(seg_names)
+    J = model.num_joints
+    out = np.zeros((len(seg_names), 3, J, 3))
+    for i, s in enumerate(seg_names):
+        js = np.asarray(model.segments[s])
+        for c, sg in enumerate(segment_sign(s)):
+            out[i, c, js, c] += sg / len(js)
+    return out.reshape(len(seg_names) * 3, J * 3)
 
 
 def _hash_uniform(seed: int, index: np.ndarray, attempt: int, dims: int) -> np.ndarray:
@@ -104,11 +149,21 @@ class PoseSampler:
                 lo, hi = lim.get(comp, [0, 0])
                 self._limits[i, k] = (lo, hi)
         self._limits = np.deg2rad(self._limits)
+        # data-driven statistics for this model (fitted to real poses) override the hand-set ones
+        fitted = load_fitted(c.get("fitted"))
+        self.fitted = ((fitted or {}).get("models") or {}).get(model.name)
+        stance = (self.fitted or {}).get("stance", (c.get("stance") or {}).get(model.name, {}))
         self._common = self._dist_table(c.get("common", {}), "common")
-        self._common[..., 0] += self._dist_table((c.get("stance") or {}).get(model.name, {}), "stance")[..., 0]
+        self._common[..., 0] += self._dist_table(stance, "stance")[..., 0]
+        fit_fam = (self.fitted or {}).get("families") or {}
         self._fam = []
         for f in self.family_names:
             spec = fam[f]
+            over = fit_fam.get(f) or {}
+            segs = {k: dict(v) for k, v in (spec.get("segments") or {}).items()}
+            for k, comps in (over.get("segments") or {}).items():
+                segs.setdefault(k, {}).update(comps)
+            spec = {**spec, "segments": segs, **({"pitch_up": over["pitch_up"]} if "pitch_up" in over else {})}
             self._fam.append({
                 "table": self._dist_table(spec.get("segments", {}), f"families.{f}"),
                 "pitch": np.deg2rad(spec.get("pitch_up", [0, 0])),
@@ -118,6 +173,7 @@ class PoseSampler:
             })
         # random slots per attempt: family, phase, yaw, pitch, roll, size, girth, bend, groups, segments
         self._G = model.num_bone_groups
+        self._seg_map = segment_joint_map(model, self.seg_names)
         self.dims = 8 + self._G + 3 * S
         self._prepare_proxy()
 
@@ -237,12 +293,7 @@ class PoseSampler:
         # segment (flex, twist, abd) -> joint axis-angle (x, y, z) in the anatomical frame; a chain
         # shares the angle. Left limbs abduct about -Z, right limbs about +Z with mirrored twist;
         # axial segments bend toward the right for abd > 0.
-        jr = np.zeros((M, m.num_joints, 3))
-        for i, s in enumerate(self.seg_names):
-            js = m.segments[s]
-            sign = np.array([1.0, -1.0, 1.0]) if s.endswith("_r") else \
-                np.array([1.0, 1.0, -1.0]) if s.endswith("_l") else np.ones(3)
-            jr[:, js] += (ang[:, i] * sign / len(js))[:, None]
+        jr = (ang.reshape(M, S * 3) @ self._seg_map).reshape(M, m.num_joints, 3)
         yaw = (u[:, 2] * 2 - 1) * np.pi
         roll = np.deg2rad(4.0) * z[:, 4]
         R = Rotation.from_euler("ZYX", np.stack([yaw, -pitch, roll], 1))
