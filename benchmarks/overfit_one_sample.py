@@ -143,8 +143,8 @@ def main(argv=None):
           f"foreground {float(alpha.mean()):.1%} of pixels")
     print(f"# model: {args.model} {' '.join(args.set)} ({model.num_parameters():,} params), "
           f"{args.inputs * args.size ** 2:,} Gaussians, lr {args.lr}, torch threads {args.threads}")
-    print(f"{'step':>5} {'loss':>8} {'psnr_mask':>9} {'psnr':>7} {'iou':>6} {'sec':>7}")
-    t0 = time.time()
+    print(f"{'step':>5} {'loss':>8} {'psnr_mask':>9} {'psnr':>7} {'iou':>6} {'sec':>7} {'cpu_s':>7}")
+    t0, c0 = time.time(), time.process_time()   # wall and this process's CPU time (the CPU is shared)
     curve, reached = [], None
     for step in range(args.steps + 1):
         g = model(target[None, inp], K[None, inp], c2w[None, inp])
@@ -157,7 +157,8 @@ def main(argv=None):
         el = time.time() - t0
         curve.append((step, float(loss.detach()), pm, pw, iou, el))
         if step % args.log_every == 0 or pm >= args.target_psnr:
-            print(f"{step:5d} {float(loss.detach()):8.5f} {pm:9.2f} {pw:7.2f} {iou:6.3f} {el:7.1f}", flush=True)
+            print(f"{step:5d} {float(loss.detach()):8.5f} {pm:9.2f} {pw:7.2f} {iou:6.3f} {el:7.1f} "
+                  f"{time.process_time() - c0:7.1f}", flush=True)
         if reached is None and pm >= args.target_psnr:
             reached = (step, el)
             break
@@ -169,6 +170,7 @@ def main(argv=None):
         opt.step()
     best = max(curve, key=lambda r: r[2])
     print(f"\n| result | value |\n| --- | --- |\n| steps run | {curve[-1][0]} |\n| wall time | {curve[-1][5]:.0f} s |"
+          f"\n| process CPU time | {time.process_time() - c0:.0f} s |"
           f"\n| first masked PSNR | {curve[0][2]:.2f} dB |\n| best masked PSNR | {best[2]:.2f} dB (step {best[0]}) |"
           f"\n| whole-image PSNR at best | {best[3]:.2f} dB |\n| mask IoU at best | {best[4]:.3f} |"
           f"\n| reached {args.target_psnr:.0f} dB | {'step %d after %.0f s' % reached if reached else 'no'} |")

@@ -8,7 +8,7 @@ from mousefacelift.models.gslrm import GSLRM, load_model_config
 
 def test_small_preset_builds_and_runs_forward_and_backward():
     cfg = load_model_config("small")
-    assert cfg.name == "small" and cfg.patch_size == 4 and cfg.width >= cfg.in_channels * cfg.patch_size ** 2
+    assert cfg.name == "small" and cfg.head_hidden > 0 and cfg.width >= 3 * cfg.patch_size ** 2
     torch.manual_seed(0)
     model = GSLRM.from_config("small")
     assert 1e5 < model.num_parameters() < 5e6, model.num_parameters()

@@ -63,6 +63,7 @@ class GSLRMConfig:
     scale_max_log: float = -1.2
     opacity_bias: float = -2.0
     init_std: float = 0.02
+    head_hidden: int = 0           # 0: FaceLift's linear per-token head; >0: LN -> linear(hidden) -> GELU -> linear
     grad_checkpoint: bool = False  # recompute transformer blocks in backward (saves memory)
     checkpoint_every: int = 1      # blocks per checkpointed segment
 
@@ -74,8 +75,8 @@ class GSLRMConfig:
         for name in ("patch_size", "width", "layers", "heads", "mlp_ratio", "checkpoint_every"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"GSLRMConfig: {name} must be positive, got {getattr(self, name)}")
-        if self.sh_degree < 0 or self.num_global_gaussians < 0:
-            raise ValueError("GSLRMConfig: sh_degree and num_global_gaussians must be >= 0")
+        if self.sh_degree < 0 or self.num_global_gaussians < 0 or self.head_hidden < 0:
+            raise ValueError("GSLRMConfig: sh_degree, num_global_gaussians and head_hidden must be >= 0")
 
     @property
     def in_channels(self) -> int:
@@ -158,13 +159,21 @@ class Block(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    def __init__(self, d: int, out: int):
+    """LayerNorm + linear (FaceLift's head, ``hidden=0``). With ``hidden > 0`` a GELU layer of
+    that width comes first: a small token can then emit its p*p pixels' Gaussians without the
+    output being confined to a width-dimensional linear subspace (the tiny model's limit)."""
+
+    def __init__(self, d: int, out: int, hidden: int = 0):
         super().__init__()
         self.norm = nn.LayerNorm(d, bias=False)
-        self.linear = nn.Linear(d, out, bias=False)
+        self.hidden = nn.Linear(d, hidden, bias=False) if hidden else None
+        self.linear = nn.Linear(hidden or d, out, bias=False)
 
     def forward(self, x):
-        return self.linear(self.norm(x))
+        x = self.norm(x)
+        if self.hidden is not None:
+            x = F.gelu(self.hidden(x))
+        return self.linear(x)
 
 
 class GSLRM(nn.Module):
@@ -180,7 +189,7 @@ class GSLRM(nn.Module):
         self.input_norm = nn.LayerNorm(d, bias=False)
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
         self.global_head = GaussianHead(d, cfg.gaussian_dim) if cfg.num_global_gaussians else None
-        self.pixel_head = GaussianHead(d, p * p * cfg.gaussian_dim)
+        self.pixel_head = GaussianHead(d, p * p * cfg.gaussian_dim, cfg.head_hidden)
         self.reset_parameters()
 
     @classmethod
@@ -298,7 +307,9 @@ def approx_forward_flops(cfg: GSLRMConfig, views: int, height: int, width: int) 
     L = views * (height // cfg.patch_size) * (width // cfg.patch_size) + cfg.num_global_gaussians
     d = cfg.width
     per_block = 2 * L * (4 * d * d + 2 * cfg.mlp_ratio * d * d) + 2 * 2 * L * L * d
-    io = 2 * L * d * (cfg.in_channels + cfg.gaussian_dim) * cfg.patch_size ** 2
+    out = cfg.gaussian_dim * cfg.patch_size ** 2
+    head = 2 * L * (d * cfg.head_hidden + cfg.head_hidden * out) if cfg.head_hidden else 2 * L * d * out
+    io = 2 * L * d * cfg.in_channels * cfg.patch_size ** 2 + head
     return cfg.layers * per_block + io
 
 
