@@ -203,7 +203,13 @@ class PoseSampler:
         seg = m.segments
         rng = np.random.default_rng(12345)
         n = min(int(self.cfg.get("proxy_vertices", 400)), m.num_vertices)
-        self._proxy_ids = np.sort(rng.choice(m.num_vertices, n, replace=False))
+        ids = rng.choice(m.num_vertices, n, replace=False)
+        # paws touch the ground in a standing pose: sample their skin densely for ground placement
+        dom_all = np.asarray(m.skin_weights.argmax(axis=1)).ravel()
+        paw_j = np.concatenate([seg[f"{b}_{s}"] for b in ("ankle", "toes", "wrist", "fingers") for s in "lr"])
+        paw_v = np.nonzero(np.isin(dom_all, paw_j))[0]
+        k = min(int(self.cfg.get("proxy_paw_vertices", 400)), len(paw_v))
+        self._proxy_ids = np.unique(np.concatenate([ids, rng.choice(paw_v, k, replace=False)]))
         # body spheres: cross-sections of the trunk between hips and neck
         v = m.rest_vertices.astype(np.float64)
         dom = np.asarray(m.skin_weights.argmax(axis=1)).ravel()
