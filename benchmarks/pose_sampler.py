@@ -1,6 +1,6 @@
 """Pose sampler throughput (rejection test and ground placement included) and rejection rate.
 
-    python benchmarks/pose_sampler.py [--models procedural mammal] [--n 4000] [--batch 1000]
+    python benchmarks/pose_sampler.py [--models procedural mammal] [--n 4000] [--batch 1000] [--threads 1]
 
 Prints poses/s of wall time and of process CPU time (the latter is robust to other jobs
 sharing the cores; with 2 torch threads, wall >= CPU/2), the rejection rate (rejected
@@ -29,7 +29,11 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 avoids "
+                    "OpenMP spinning inflating CPU time on a shared machine")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
     print(f"torch threads {torch.get_num_threads()}, {a.n} poses in batches of {a.batch}")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -249,7 +249,17 @@ class PoseSampler:
         d = np.linalg.norm(m.rest_joints[self._test_j][:, None].astype(np.float64) - self._sph_c[None], axis=-1)
         self._thresh = np.minimum(self._sph_r[None], 0.9 * d)        # rest pose always passes
         self._paw_pairs = [(seg["ankle_l"][0], seg["ankle_r"][0]), (seg["wrist_l"][0], seg["wrist_r"][0])]
-        self._paw_sep = np.array([m.rest_joints[a, 1] - m.rest_joints[b, 1] for a, b in self._paw_pairs])
+        # reference left-right paw spacing: the model's base stance (rest + stance + common means), not
+        # its rest pose (MAMMAL's rest is sprawled, so paws under the body would all read as crossing)
+        base = PoseParams.rest(m)
+        base.joint_rot = torch.as_tensor((self._common[..., 0].reshape(1, -1) @ self._seg_map)
+                                         .reshape(1, m.num_joints, 3), dtype=torch.float32)
+        with torch.no_grad():
+            Pb = m.skinning_transforms(base, use_smplx=False)[0][0].double().numpy()
+        self._paw_sep = np.array([Pb[a, 1] - Pb[b, 1] for a, b in self._paw_pairs])
+        if np.any(self._paw_sep <= 0):
+            raise ValueError(f"{m.name}: paws cross in the base stance (left-right spacing {self._paw_sep}); "
+                             f"check the pose config's stance / fitted statistics")
         self._paws = np.array([seg["ankle_l"][0], seg["ankle_r"][0], seg["wrist_l"][0], seg["wrist_r"][0]])
         self._spine = m.groups["spine"]
 
