@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-QUALITY_DIR = Path(__file__).resolve().parents[1] / "configs" / "quality"
+from mousefacelift.config import configs_dir
+
 DENOISERS = ("OPENIMAGEDENOISE", "NONE")
 PREFILTERS = ("NONE", "FAST", "ACCURATE")
 
@@ -52,9 +53,11 @@ def _strict_bool(v) -> bool:
     return v
 
 
-def load_quality(name: str, directory: Path | str = QUALITY_DIR) -> QualityPreset:
-    """Read preset ``name`` from ``directory``; errors name the file and the bad field."""
-    path = Path(directory) / f"{name}.yaml"
+def load_quality(name: str, directory: Path | str | None = None) -> QualityPreset:
+    """Read preset ``name`` from ``directory`` (default ``configs/quality``); errors name the
+    file and the bad field."""
+    directory = Path(directory) if directory is not None else configs_dir() / "quality"
+    path = directory / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in Path(directory).glob("*.yaml")) if Path(directory).is_dir() else []
         raise ValueError(f"quality preset {name!r}: no file {path} (known presets: {known})")

@@ -25,17 +25,20 @@ from scipy.spatial.transform import Rotation
 from scipy.special import ndtri
 
 from .model import BodyModel, PoseParams
+from ..config import configs_dir
 
-__all__ = ["PoseSampler", "PoseBatch", "load_pose_config", "DEFAULT_POSE_CONFIG"]
+__all__ = ["PoseSampler", "PoseBatch", "load_pose_config", "default_pose_config"]
 
-DEFAULT_POSE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "poses" / "default.yaml"
+def default_pose_config() -> Path:
+    """``configs/poses/default.yaml`` (through the one config lookup, so $MOUSEFACELIFT_CONFIGS applies)."""
+    return configs_dir() / "poses" / "default.yaml"
 _COMP = {"flex": 0, "twist": 1, "abd": 2}
 _LIMB_SEGS = ("hip", "knee", "ankle", "toes", "scapula", "shoulder", "elbow", "wrist", "fingers")
 
 
 def load_pose_config(path: str | Path | None = None) -> dict:
     """Read a pose-sampler YAML (default: configs/poses/default.yaml) into a dict."""
-    path = Path(path) if path is not None else DEFAULT_POSE_CONFIG
+    path = Path(path) if path is not None else default_pose_config()
     try:
         cfg = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -54,7 +57,7 @@ def load_fitted(spec, base: Path | None = None) -> dict | None:
         return dict(spec) if spec else None
     path = Path(spec)
     if not path.is_absolute():
-        path = (base or DEFAULT_POSE_CONFIG.parent) / path
+        path = (base or default_pose_config().parent) / path
     try:
         fitted = yaml.safe_load(path.read_text())
     except FileNotFoundError:

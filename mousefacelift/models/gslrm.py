@@ -35,11 +35,11 @@ from torch.utils.checkpoint import checkpoint
 
 from ..cameras import camera_rays
 from ..gaussians import Gaussians
+from ..config import configs_dir
 
-__all__ = ["GSLRMConfig", "GSLRM", "load_model_config", "PRESET_DIR"]
+__all__ = ["GSLRMConfig", "GSLRM", "load_model_config"]
 
 log = logging.getLogger(__name__)
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
 
 
 @dataclass
@@ -102,9 +102,10 @@ def load_model_config(cfg: Any) -> GSLRMConfig:
     if isinstance(cfg, (str, Path)):
         path = Path(cfg)
         if not path.suffix:
-            path = PRESET_DIR / f"{cfg}.yaml"
+            preset_dir = configs_dir() / "model"
+            path = preset_dir / f"{cfg}.yaml"
         if not path.is_file():
-            presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+            presets = sorted(p.stem for p in preset_dir.glob("*.yaml"))
             raise FileNotFoundError(f"model config {cfg!r}: no file {path}; presets: {presets}")
         from omegaconf import OmegaConf
         cfg = OmegaConf.load(path)
