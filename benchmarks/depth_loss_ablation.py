@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from pathlib import Path
 
 from mousefacelift.config import compose
 from train.fake_data import write_sphere_shards

@@ -66,8 +66,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {args.threads} threads, load average before: "
           f"{' '.join('%.2f' % x for x in os.getloadavg())} (shared CPU)")
-    print(f"| size | Gaussians | views | forward ms | forward+backward ms |")
-    print(f"| --- | --- | --- | --- | --- |", flush=True)
+    print("| size | Gaussians | views | forward ms | forward+backward ms |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
     for size in args.sizes:
         g, K, c2w = model_cloud(size, args.inputs, args.views, args.seed)
         params = [t.clone().requires_grad_(True) for t in (g.means, g.scales, g.rotations, g.opacities, g.sh)]

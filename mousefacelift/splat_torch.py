@@ -323,7 +323,7 @@ def rasterize_projected(mean2d, conic, depth, radius, opacities, colors, width: 
     Pixel rows are processed in chunks of at most ``settings.chunk_pairs`` candidate pairs.
     """
     I, N = radius.shape
-    dev, dt = mean2d.device, mean2d.dtype
+    dev = mean2d.device
     H, W = height, width
     attr = torch.cat([mean2d, conic, opacities[..., None], colors, depth[..., None]], dim=-1).reshape(I * N, 10)
     needs_grad = torch.is_grad_enabled() and attr.requires_grad

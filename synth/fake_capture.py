@@ -25,19 +25,18 @@ import argparse
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from mousefacelift.cameras import Camera
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for
 from synth.calibration import Calibration, load_calibration, save_calibration
 from synth.frames import write_image_folder
-from synth.real import Normalization, normalized_to_pixels, pinhole, pixels_to_normalized, rotation_to_z
+from synth.real import Normalization, pinhole, pixels_to_normalized, rotation_to_z
 from synth.shards import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("synth.fake_capture")

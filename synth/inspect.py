@@ -15,7 +15,6 @@ strengths), frame coverage (alpha fraction, bounding-box fill per view), depth r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections import Counter

@@ -19,7 +19,6 @@ when everything passes, 1 when anything fails, 2 when the folder cannot be read 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time

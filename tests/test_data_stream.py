@@ -1,6 +1,5 @@
 """train.data: shard streaming, mixing, view sampling, backgrounds, corrupt/real samples, resume."""
 import io
-import json
 import os
 import tarfile
 
@@ -9,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mousefacelift.cameras import make_rig, stack_cameras
-from train.data import (ExampleConfig, TrainStream, eval_examples, iter_raw_samples, make_example, make_train_loader,
+from mousefacelift.cameras import make_rig
+from train.data import (ExampleConfig, TrainStream, eval_examples, iter_raw_samples, make_train_loader,
                         resolve_shards, shard_sets_from_cfg)
 from train.fake_data import write_sphere_shards
 from train.views import ViewSamplingConfig, constraint_violations, select_views, view_directions

@@ -1,7 +1,6 @@
 """Real captures: calibration readers, normalisation maths, crop/resize sync, masks, ingest."""
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,9 +3,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
-import tarfile
 import time
 from pathlib import Path
 

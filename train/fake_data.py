@@ -14,7 +14,6 @@ import json
 import os
 
 import numpy as np
-import torch
 import webdataset as wds
 
 from mousefacelift.cameras import make_rig, camera_rays, stack_cameras

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping

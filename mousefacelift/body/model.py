@@ -17,7 +17,7 @@ itself lateral), Z = X x Y. Pose rotations are axis-angle vectors in that frame,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
