@@ -8,7 +8,7 @@ scale ~0.03, opacity ~0.12: everything visible, nothing terminates early -- the 
 the start of training), so the figures are comparable across commits.
 
 Prints one table (median of ``--repeats`` after one warm-up) and the load average.
-Before/after comparisons run this same script at two commits (see docs/bench_models.md).
+Before/after comparisons run this same script at two commits (see docs/benchmarks.md).
 
     python benchmarks/splat_cpu_speed.py --sizes 64 128 256 --repeats 3
 """

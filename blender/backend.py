@@ -6,7 +6,7 @@ unchanged), materials/world/lights only get new socket values, persistent data k
 Cycles' scene between renders, and every view is rendered by moving one camera, with the render region cropped to the
 subject's projected box (the rest of the frame is empty film; halves the view time). Each view's
 passes (combined RGBA, depth, normal) land in an uncompressed multilayer EXR in a RAM-backed
-temp folder and are read straight back into numpy (see ``docs/bench_render.md`` for why and
+temp folder and are read straight back into numpy (see ``docs/benchmarks.md`` for why and
 how fast). All convention changes happen in :mod:`blender.conventions`.
 
 Usage::

@@ -47,7 +47,7 @@ class ConsistencyConfig:
 @dataclass
 class Thresholds:
     """Pass/fail limits. Figures at 256² with exact cameras are an order of magnitude below
-    these (docs/bench_tools.md); a 0.5° camera error or a 1 % depth scale error exceeds them."""
+    these (docs/benchmarks.md); a 0.5° camera error or a 1 % depth scale error exceeds them."""
 
     reproj_px_median: float = 0.5        # median cycle error over all pairs, pixels
     reproj_px_worst_view: float = 1.0    # worst per-view median cycle error, pixels

@@ -110,7 +110,7 @@ def test_real_labels_fit_below_bound(mammal_dir, dannce_dir):
     sel = np.argsort(lab.frames)[::4]                    # 21 poses spread over the session
     r = fit_keypoints(m, lab.points[sel], FitConfig(iters=200, shared_shape=True))
     # bound: the MAMMAL mapper's Tail(base) sits ~15 mm forward of the labellers' tail base, which no
-    # pose removes (docs/bench_body.md); the sampled-pose coverage error before tuning was 11.6 mm
+    # pose removes (docs/benchmarks.md); the sampled-pose coverage error before tuning was 11.6 mm
     assert np.median(r.residual_mm) < 7.0 and np.percentile(r.residual_mm, 90) < 8.0, r.residual_mm
     assert r.limit_excess_deg.max() < 5.0
     assert 80 < np.median(r.scale) < 140                  # mm per model unit: an adult-sized mouse

@@ -1,4 +1,4 @@
-"""The `small` preset (configs/model/small.yaml): the CPU overfit model of docs/bench_models.md
+"""The `small` preset (configs/model/small.yaml): the CPU overfit model of docs/benchmarks.md
 must load, build and run a forward + backward pass at the benchmark's patch geometry."""
 import torch
 

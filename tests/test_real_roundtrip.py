@@ -32,7 +32,7 @@ def test_fake_recording_round_trip_given_masks(fake_capture, tmp_path):
     dirs = _ingest(fake_capture, tmp_path / "ing", "--masks", str(fake_capture / "masks"))
     assert [read_manifest(d)["shards"][0]["samples"] for d in dirs] == [3, 1, 2]   # temporal split 0-2 | 3 | 4-5
     # At 288x256 a 1-2 px tail makes IoU(alpha, truth depth) edge-limited (0.98 at full 1152x1024,
-    # docs/bench_objects_real.md); every other verify limit is the default.
+    # docs/benchmarks.md); every other verify limit is the default.
     rep = check_round_trip(fake_capture, dirs, thresholds=Thresholds(depth_alpha_iou_min=0.8))
     s = rep["summary"]
     assert s["samples"] == 6
@@ -45,7 +45,7 @@ def test_fake_recording_round_trip_given_masks(fake_capture, tmp_path):
 
 @pytest.mark.slow
 def test_fake_recording_round_trip_background_subtraction(fake_capture, tmp_path):
-    # thin tail at 4x downscale: no opening, keep every component (see docs/bench_objects_real.md)
+    # thin tail at 4x downscale: no opening, keep every component (see docs/benchmarks.md)
     dirs = _ingest(fake_capture, tmp_path / "ing", "masks.open_iterations=0", "masks.keep_largest=false")
     s = check_round_trip(fake_capture, dirs)["summary"]
     assert s["samples"] == 6 and s["camera_reproj_px_max"] < 1e-6

@@ -147,7 +147,7 @@ def test_render_resume_after_kill_and_split_determinism(tmp_path, caplog):
     assert not list(b.glob("*.tmp-*"))
     mb = S.read_manifest(b)
     # same shards, byte for byte, whatever the split (Cycles on CPU is deterministic across
-    # runs and thread counts for a fixed seed; see docs/bench_shards.md)
+    # runs and thread counts for a fixed seed; see docs/benchmarks.md)
     assert [(s["name"], s["sha256"], s["keys"]) for s in mb["shards"]] == \
         [(s["name"], s["sha256"], s["keys"]) for s in ma["shards"]]
     assert mb["config_hash"] == ma["config_hash"]
