@@ -39,7 +39,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mousefacelift.body import PoseSampler, load_body_model, load_pose_config  # noqa: E402
 from mousefacelift.body.fit import FitConfig, body_euler, fit_keypoints  # noqa: E402
-from mousefacelift.dannce import load_labelled_keypoints  # noqa: E402
+from mousefacelift.dannce import default_label_file, load_labelled_keypoints  # noqa: E402
 
 log = logging.getLogger("fit_dannce_poses")
 COMPS = ("flex", "twist", "abd")
@@ -211,8 +211,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
-    labels = a.labels or os.path.join(os.environ.get("MOUSEFACELIFT_DANNCE_DIR", "../shared/assets/dannce_markerless_mouse_1"),
-                                      "label3d_dannce.mat")
+    labels = a.labels or default_label_file()
     lab = load_labelled_keypoints(labels)
     order = np.argsort(lab.frames, kind="stable")
     train, held = order[:a.train], order[a.train:]

@@ -14,7 +14,6 @@ shown as a baseline; ``--compare-hand-set`` adds the sampler without the fitted 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mousefacelift.body import PoseParams, PoseSampler, load_body_model, load_pose_config  # noqa: E402
-from mousefacelift.dannce import load_labelled_keypoints  # noqa: E402
+from mousefacelift.dannce import default_label_file, load_labelled_keypoints  # noqa: E402
 
 
 def best_match_errors(real: np.ndarray, samples: np.ndarray, chunk: int = 2000) -> np.ndarray:
@@ -64,8 +63,7 @@ def main(argv=None) -> None:
     ap.add_argument("--compare-hand-set", action="store_true", help="also sample without the fitted statistics")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
-    labels = a.labels or os.path.join(os.environ.get("MOUSEFACELIFT_DANNCE_DIR", "../shared/assets/dannce_markerless_mouse_1"),
-                                      "label3d_dannce.mat")
+    labels = a.labels or default_label_file()
     lab = load_labelled_keypoints(labels)
     real = lab.points
     held = np.zeros(len(real), bool)

@@ -31,6 +31,15 @@ class LabelledKeypoints:
     frames: np.ndarray          # [N] video frame index of each labelled pose
 
 
+def default_label_file() -> Path:
+    """``$MOUSEFACELIFT_DANNCE_DIR/label3d_dannce.mat``, else the development checkout's
+    ``../shared/assets`` copy (the file is never shipped with the project)."""
+    import os
+
+    folder = os.environ.get("MOUSEFACELIFT_DANNCE_DIR", "").strip() or "../shared/assets/dannce_markerless_mouse_1"
+    return Path(folder) / "label3d_dannce.mat"
+
+
 def _loadmat(path: str | Path) -> dict:
     import scipy.io
 

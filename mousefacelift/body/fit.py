@@ -201,10 +201,9 @@ def _fit(model, tgt, mask_np, cfg, pose_cfg, progress) -> FitResult:
 
 
 def main(argv=None) -> None:
-    import os
     import time
 
-    from mousefacelift.dannce import load_labelled_keypoints
+    from mousefacelift.dannce import default_label_file, load_labelled_keypoints
 
     from . import load_body_model
     ap = argparse.ArgumentParser(description="Fit a body model to the DANNCE hand-labelled keypoints; print residuals.")
@@ -216,8 +215,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
-    labels = a.labels or os.path.join(os.environ.get("MOUSEFACELIFT_DANNCE_DIR", "../shared/assets/dannce_markerless_mouse_1"),
-                                      "label3d_dannce.mat")
+    labels = a.labels or default_label_file()
     lab = load_labelled_keypoints(labels)
     order = np.argsort(lab.frames, kind="stable")
     sel = order[:a.first] if a.first else order
