@@ -39,6 +39,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mousefacelift.body import PoseSampler, load_body_model, load_pose_config  # noqa: E402
 from mousefacelift.body.fit import FitConfig, body_euler, fit_keypoints  # noqa: E402
+from mousefacelift.config import configs_dir  # noqa: E402
 from mousefacelift.dannce import default_label_file, load_labelled_keypoints  # noqa: E402
 
 log = logging.getLogger("fit_dannce_poses")
@@ -206,14 +207,14 @@ def main(argv=None) -> None:
     ap.add_argument("--labels", default=None, help="label3d_dannce.mat (default $MOUSEFACELIFT_DANNCE_DIR/...)")
     ap.add_argument("--train", type=int, default=60, help="fit the first N labelled frames (by frame number)")
     ap.add_argument("--poses-config", default=None, help="hand-set pose config (default configs/poses/default.yaml)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "configs" / "poses" / "fitted_dannce.yaml"))
+    ap.add_argument("--out", default=str(configs_dir() / "poses" / "fitted_dannce.yaml"))
     ap.add_argument("--iters", type=int, default=FitConfig.iters)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
     labels = a.labels or default_label_file()
     lab = load_labelled_keypoints(labels)
-    order = np.argsort(lab.frames, kind="stable")
+    order = lab.chronological()
     train, held = order[:a.train], order[a.train:]
     cfg = load_pose_config(a.poses_config)
     cfg_plain = {**cfg, "fitted": None}                      # tune from the hand-set values

@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     real = lab.points
     held = np.zeros(len(real), bool)
     if a.held_out:
-        held[np.argsort(lab.frames, kind="stable")[-a.held_out:]] = True
+        held[lab.chronological()[-a.held_out:]] = True
     model = load_body_model(a.model)
     cfg = load_pose_config(a.poses_config)
     samplers = [("sampled", PoseSampler(model, cfg))]

@@ -30,6 +30,10 @@ class LabelledKeypoints:
     names: tuple[str, ...]
     frames: np.ndarray          # [N] video frame index of each labelled pose
 
+    def chronological(self) -> np.ndarray:
+        """Pose indices in recording order (stable), for temporal train/held-out splits."""
+        return np.argsort(self.frames, kind="stable")
+
 
 def default_label_file() -> Path:
     """``$MOUSEFACELIFT_DANNCE_DIR/label3d_dannce.mat``, else the development checkout's

@@ -24,6 +24,22 @@ def mammal_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def procedural():
+    """The built-in procedural mouse, built once per test run."""
+    from mousefacelift.body import load_body_model
+
+    return load_body_model("procedural")
+
+
+@pytest.fixture(scope="session")
+def mammal(mammal_dir):
+    """The MAMMAL mouse from the user's folder, loaded once per test run."""
+    from mousefacelift.body import load_body_model
+
+    return load_body_model(str(mammal_dir))
+
+
+@pytest.fixture(scope="session")
 def dannce_dir() -> Path:
     """The DANNCE markerless_mouse_1 folder with label3d_dannce.mat (real 6-camera rig, 81 poses)."""
     path = _asset_dir("MOUSEFACELIFT_DANNCE_DIR", "label3d_dannce.mat")

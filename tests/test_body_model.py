@@ -13,15 +13,6 @@ from mousefacelift.body.safe_pickle import UnsafePickleError, safe_load_pickle
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 
-@pytest.fixture(scope="module")
-def procedural():
-    return load_body_model("procedural")
-
-
-@pytest.fixture(scope="module")
-def mammal(mammal_dir):
-    return load_body_model(str(mammal_dir))
-
 
 @pytest.fixture(params=["procedural", "mammal"])
 def model(request):

@@ -11,9 +11,8 @@ pytest.importorskip("synth.lighting")
 
 
 @pytest.fixture(scope="module")
-def model():
-    from mousefacelift.body import load_body_model
-    return load_body_model("procedural")
+def model(procedural):
+    return procedural
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +108,8 @@ def test_bad_fill_is_refused():
 
 
 @pytest.mark.mammal
-def test_mammal_model_composes_into_the_cube(mammal_dir, cfg):
-    from mousefacelift.body import load_body_model
-
-    m = load_body_model(str(mammal_dir))
+def test_mammal_model_composes_into_the_cube(mammal, cfg):
+    m = mammal
     s = C.MouseComposer(m, cfg).compose(4)
     v = s.meshes[0].vertices
     assert len(v) == m.num_vertices and np.all(np.abs(v) <= cfg["normalize"]["fill"] + 1e-5)

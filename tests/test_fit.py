@@ -6,16 +6,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from mousefacelift.body import PoseSampler, load_body_model, load_pose_config
+from mousefacelift.body import PoseSampler, load_pose_config
 from mousefacelift.body.fit import FitConfig, fit_keypoints, umeyama
 from mousefacelift.body.poses import segment_joint_map
 
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
-
-@pytest.fixture(scope="module")
-def procedural():
-    return load_body_model("procedural")
 
 
 def test_segment_map_matches_the_sampler_convention(procedural):
@@ -103,11 +99,11 @@ def test_missing_fitted_file_is_named(procedural, tmp_path):
         PoseSampler(procedural, {**cfg, "fitted": str(tmp_path / "nope.yaml")})
 
 
-def test_real_labels_fit_below_bound(mammal_dir, dannce_dir):
+def test_real_labels_fit_below_bound(mammal, dannce_dir):
     from mousefacelift.dannce import load_labelled_keypoints
-    m = load_body_model(str(mammal_dir))
+    m = mammal
     lab = load_labelled_keypoints(dannce_dir / "label3d_dannce.mat")
-    sel = np.argsort(lab.frames)[::4]                    # 21 poses spread over the session
+    sel = lab.chronological()[::4]                    # 21 poses spread over the session
     r = fit_keypoints(m, lab.points[sel], FitConfig(iters=200, shared_shape=True))
     # bound: the MAMMAL mapper's Tail(base) sits ~15 mm forward of the labellers' tail base, which no
     # pose removes (docs/benchmarks.md); the sampled-pose coverage error before tuning was 11.6 mm

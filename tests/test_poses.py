@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from mousefacelift.body import PoseParams, PoseSampler, load_body_model, load_pose_config
+from mousefacelift.body import PoseParams, PoseSampler, load_pose_config
 
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_body_model("procedural")
+def model(procedural):
+    return procedural
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_config_errors_name_the_problem(model):
         PoseSampler(model, dict(cfg, families={"x": {"weight": 0}}))
 
 
-def test_mammal_sampling_and_keypoints(mammal_dir):
-    m = load_body_model(str(mammal_dir))
+def test_mammal_sampling_and_keypoints(mammal):
+    m = mammal
     b = PoseSampler(m).sample(np.arange(16), seed=0)
     out = m.pose(b.params, with_vertices=False)
     assert out.keypoints.shape == (16, 22, 3) and torch.isfinite(out.keypoints).all()

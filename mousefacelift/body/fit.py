@@ -217,7 +217,7 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
     labels = a.labels or default_label_file()
     lab = load_labelled_keypoints(labels)
-    order = np.argsort(lab.frames, kind="stable")
+    order = lab.chronological()
     sel = order[:a.first] if a.first else order
     model = load_body_model(a.model)
     t = time.perf_counter()
