@@ -32,6 +32,7 @@ from mousefacelift.models.gslrm import GSLRM, load_model_config  # noqa: E402
 from mousefacelift.splat import render  # noqa: E402
 from train.losses import LossConfig, compute_losses  # noqa: E402
 from train.metrics import mask_iou, masked_psnr, psnr  # noqa: E402
+from train.schedule import lr_factor  # noqa: E402
 
 log = logging.getLogger("overfit")
 SUPERSAMPLE = 3
@@ -109,6 +110,8 @@ def main(argv=None):
                     help="override fields of the model preset (e.g. patch_size=4)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=0, help="linear LR warm-up steps, then cosine decay to --steps")
+    ap.add_argument("--alpha-weight", type=float, default=0.5)
     ap.add_argument("--minutes", type=float, default=5.0, help="stop after this wall time")
     ap.add_argument("--target-psnr", type=float, default=25.0)
     ap.add_argument("--log-every", type=int, default=10)
@@ -138,7 +141,9 @@ def main(argv=None):
         mcfg = replace(mcfg, **{key: type(getattr(mcfg, key))(yaml.safe_load(value))})
     model = GSLRM(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    lcfg = LossConfig(rgb_weight=1.0, alpha_weight=0.5, depth_weight=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps, 0.05)) \
+        if args.warmup else None
+    lcfg = LossConfig(rgb_weight=1.0, alpha_weight=args.alpha_weight, depth_weight=0.1)
     print(f"# data: {source}; {args.views} views {args.size}px, inputs {inp.tolist()}, "
           f"foreground {float(alpha.mean()):.1%} of pixels")
     print(f"# model: {args.model} {' '.join(args.set)} ({model.num_parameters():,} params), "
@@ -168,6 +173,8 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if sched is not None:
+            sched.step()
     best = max(curve, key=lambda r: r[2])
     print(f"\n| result | value |\n| --- | --- |\n| steps run | {curve[-1][0]} |\n| wall time | {curve[-1][5]:.0f} s |"
           f"\n| process CPU time | {time.process_time() - c0:.0f} s |"

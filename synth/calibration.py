@@ -136,6 +136,11 @@ def _from_dict(data, path: Path, units: str | None, image_size) -> Calibration:
                                name=str(entry.get("name", f"cam{i}")), dist=dist if dist.size else None))
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
+    names = [c.name for c in cams]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{path}: camera names must be unique (frames, masks and dropped views are matched by "
+                         f"name); repeated: {dup}")
     return Calibration(cameras=cams, units=u, up=up / np.linalg.norm(up), path=str(path))
 
 

@@ -53,7 +53,7 @@ class FakeCaptureConfig:
     quality: str = "preview"              # Blender quality preset
     mouse_scale: float = 0.8              # uniform size of the procedural mouse (1 = 185 mm nose to tail tip)
     arena_center_mm: tuple[float, float] = (56.0, 62.0)   # DANNCE markerless_mouse_1: mean of the labelled poses
-    path_radius_mm: float = 75.0          # the mouse walks on a circle this big around the arena centre
+    path_radius_mm: float = 60.0          # the mouse walks on a circle this big around the arena centre
     arena_radius_mm: float = 230.0        # textured floor disc
     wall_height_mm: float = 25.0          # low wall ring at the floor's edge
     checker_mm: float = 20.0              # floor tile size

@@ -4,7 +4,10 @@ Each view's depth (planar camera z, OpenCV, pixel centres at +0.5) is back-proje
 points, which are projected into every other view and compared with what that view saw:
 
 - occlusion-aware: a point behind the other view's surface by more than
-  ``occlusion_margin_rel`` of its depth is hidden there and not counted;
+  ``occlusion_margin_rel`` of its depth is hidden there and not counted, and so is a point
+  whose surface (normal from its own view's depth) faces away from the other camera: on
+  thin parts (tail, ears, limbs) the far side lies within that margin of the near side, and
+  opposing cameras of a real rig would otherwise pair the two sides as one surface;
 - a visible point must land on the other view's surface (not its background, allowing a
   ``silhouette_tolerance_px`` band at the outline) and agree with its depth;
 - reprojection error: the forward-backward cycle ``pixel in i -> world -> pixel in j ->
@@ -81,20 +84,22 @@ def backproject(cam: Camera, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def sample_depth(depth: np.ndarray, uv: np.ndarray, max_spread: np.ndarray,
-                 view: np.ndarray | None = None) -> np.ndarray:
+                 view: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Depth at continuous pixel positions: bilinear where the 4 neighbours are all surface and
     within ``max_spread`` of each other (no blending across edges), else the nearest pixel; 0
     outside the image or on background. ``depth`` is [H,W], or [V,H,W] with ``view`` [N]
-    naming each point's view."""
+    naming each point's view. Returns (depth, smooth): ``smooth`` marks the bilinear samples,
+    where the depth is accurate to well under a pixel's worth of surface."""
     if depth.ndim == 2:
         depth, view = depth[None], np.zeros(len(uv), np.int64)
     H, W = depth.shape[1:]
     x = uv[:, 0] - 0.5
     y = uv[:, 1] - 0.5
     out = np.zeros(len(uv))
+    smooth = np.zeros(len(uv), dtype=bool)
     inside = (x > -0.5) & (y > -0.5) & (x < W - 0.5) & (y < H - 0.5)
     if not inside.any():
-        return out
+        return out, smooth
     xi, yi, vi = x[inside], y[inside], view[inside]
     xn = np.clip(np.rint(xi).astype(np.int64), 0, W - 1)
     yn = np.clip(np.rint(yi).astype(np.int64), 0, H - 1)
@@ -110,7 +115,35 @@ def sample_depth(depth: np.ndarray, uv: np.ndarray, max_spread: np.ndarray,
     ok = (lo > 0) & (hi - lo <= max_spread[inside])
     bil = (d00 * (1 - fx) + d01 * fx) * (1 - fy) + (d10 * (1 - fx) + d11 * fx) * fy
     out[inside] = np.where(ok, bil, near)
-    return out
+    smooth[inside] = ok
+    return out, smooth
+
+
+def depth_normals(cam: Camera, depth: np.ndarray, max_step_rel: float) -> np.ndarray:
+    """World-space unit normals [H,W,3] of a depth map, facing its camera, from central
+    differences of the back-projected points; NaN where a neighbour is missing or further
+    than ``max_step_rel`` of the depth away (silhouettes, depth edges)."""
+    H, W = depth.shape
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    z = depth.astype(np.float64)
+    P = backproject(cam, np.stack([u.ravel(), v.ravel()], 1), z.ravel()).reshape(H, W, 3)
+    pad = lambda a: np.pad(a, 1, mode="constant")
+
+    def diff(axis):
+        zp, Pp = pad(z), np.pad(P, ((1, 1), (1, 1), (0, 0)))
+        sl = lambda o: (slice(1 + o, H + 1 + o), slice(1, W + 1)) if axis == 0 else (slice(1, H + 1), slice(1 + o, W + 1 + o))
+        za, zb = zp[sl(1)], zp[sl(-1)]
+        ok = (z > 0) & (za > 0) & (zb > 0) & (np.abs(za - z) <= max_step_rel * z) & (np.abs(zb - z) <= max_step_rel * z)
+        return Pp[sl(1)] - Pp[sl(-1)], ok
+
+    du, ok_u = diff(1)
+    dv, ok_v = diff(0)
+    n = np.cross(du, dv)
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = np.where((ok_u & ok_v)[..., None] & (norm > 0), n / np.maximum(norm, 1e-300), np.nan)
+    to_cam = cam.center - P
+    flip = np.sum(n * to_cam, axis=-1, keepdims=True) < 0
+    return np.where(flip, -n, n)
 
 
 def _backproject_many(cams: list[Camera], view: np.ndarray, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -187,23 +220,24 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
                                 for j in range(V)])
     depth_alpha_iou = [iou(surface[j], alpha_ok[j]) for j in range(V)]
 
-    # per view: sampled pixel centres, their world points
+    # per view: sampled pixel centres, their world points and surface normals
     src = []
     for i in range(V):
+        normals = depth_normals(cams[i], depth[i], m)
         ys, xs = np.nonzero(surface[i])
         if len(ys) > cfg.points_per_view:
             pick = rng.choice(len(ys), cfg.points_per_view, replace=False)
             ys, xs = ys[pick], xs[pick]
         uv = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float64)
         z = depth[i][ys, xs]
-        src.append((uv, backproject(cams[i], uv, z)))
+        src.append((uv, backproject(cams[i], uv, z), normals[ys, xs]))
 
     tested = np.zeros(V, np.int64)
     conflicts = np.zeros(V, np.int64)
     err_parts, abs_parts, rel_parts, src_parts, dst_parts = [], [], [], [], []
     H, W = depth.shape[1:]
     for i in range(V):
-        uv_i, X = src[i]
+        uv_i, X, N = src[i]
         if len(X) == 0:
             continue
         others = [j for j in range(V) if j != i]
@@ -217,15 +251,21 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
         uv_j, z_j, view, pidx = uv_j[inframe], z_j[inframe], view[inframe], pidx[inframe]
         if len(z_j) == 0:
             continue
-        d = sample_depth(depth, uv_j, max_spread=m * z_j, view=view)
+        d, smooth = sample_depth(depth, uv_j, max_spread=m * z_j, view=view)
         col = np.clip(uv_j[:, 0].astype(np.int64), 0, W - 1)
         row = np.clip(uv_j[:, 1].astype(np.int64), 0, H - 1)
-        hidden = (d > 0) & (z_j > d * (1 + m))
+        centers = np.stack([c.center for c in cams])[view]
+        faces_j = np.sum(N[pidx] * (centers - X[pidx]), axis=1)
+        back_facing = faces_j < 0                       # NaN normal (edge): not decided here
+        hidden = ((d > 0) & (z_j > d * (1 + m))) | back_facing
         # in front of every surface j saw near there (or only background near there)
         conflict = ~hidden & (z_j < nearest_surface[view, row, col] * (1 - m))
-        # compared: points on j's surface, plus those floating in front of it (their large
-        # cycle error is the signature of a wrong camera); ambiguous edge points are left out
-        visible = (d > 0) & ((np.abs(z_j - d) <= m * d) | conflict)
+        # compared: points on j's surface where its depth is smooth, plus those floating in front
+        # of it (their large cycle error is the signature of a wrong camera); ambiguous edge
+        # points are left out, and so are points j sees at a depth edge or at grazing incidence,
+        # where a nearest-pixel depth is off by a large fraction of the surface's slope and a
+        # wide baseline turns that into pixels of cycle error with exact cameras
+        visible = (d > 0) & (((np.abs(z_j - d) <= m * d) & smooth) | conflict)
         n_test = np.bincount(view[~hidden], minlength=V)
         n_conf = np.bincount(view[conflict], minlength=V)
         tested += n_test

@@ -9,7 +9,7 @@ from mousefacelift.cameras import Camera, look_at
 from mousefacelift.sample import MultiViewSample
 from synth.calibration import Calibration, load_calibration, save_calibration
 from synth.masks import MaskConfig, median_background, subtract_background, threshold_mask
-from synth.real import (NormalizeConfig, Normalization, estimate_normalization, normalize_frame_set, pinhole,
+from synth.real import (NormalizeConfig, Normalization, estimate_normalization, mask_is_cut, normalize_frame_set, pinhole,
                         pixels_to_normalized, resample_view, rotation_to_z, triangulate)
 
 
@@ -217,3 +217,33 @@ def test_normalize_frame_set_outputs_consistent_views():
         assert 0.6 < max(np.ptp(xs), np.ptp(ys)) / 48 < 0.95
     with pytest.raises(ValueError, match="calibration says 160x128"):
         normalize_frame_set([f[:100] for f in frames], masks, cams, np.array([0, 0, 1.0]), NormalizeConfig())
+
+
+def _shifted(cam: Camera, dx: float) -> Camera:
+    """The same camera with its principal point moved by ``dx`` pixels (the subject slides
+    toward one edge of the sensor)."""
+    K = cam.K.copy()
+    K[0, 2] += dx
+    return replace(cam, K=K)
+
+
+def test_mouse_cut_by_the_sensor_edge_neither_shrinks_the_hull_nor_enters_the_sample():
+    center, radii = np.array([20.0, -10.0, 15.0]), np.array([45.0, 15.0, 12.0])
+    up = np.array([0, 0, 1.0])
+    cams = _ring_cams()
+    cut = {1, 2}                                   # two cameras see the body run off their sensor
+    cams = [_shifted(c, 60.0) if i in cut else c for i, c in enumerate(cams)]
+    masks = _ellipsoid_masks(cams, center, radii)
+    assert all(mask_is_cut(masks[i], 2) == (i in cut) for i in range(6))
+    cfg = NormalizeConfig(hull_box_mm=200, size=32)
+    whole, _ = estimate_normalization(_ring_cams(), _ellipsoid_masks(_ring_cams(), center, radii), up, cfg)
+    norm, diag = estimate_normalization(cams, masks, up, cfg)
+    # the cut views abstain beyond their edge: same centre and scale as with every view whole
+    assert np.linalg.norm(norm.center_mm - whole.center_mm) < 3.0
+    assert abs(norm.mm_per_unit / whole.mm_per_unit - 1) < 0.04
+    frames = [np.where(m[..., None], 200, 40).astype(np.uint8).repeat(3, -1) for m in masks]
+    views, _, diag = normalize_frame_set(frames, masks, cams, up, cfg)
+    assert [v.camera.name for v in views] == ["cam0", "cam3", "cam4", "cam5"]
+    assert sorted(diag["views_dropped"]) == ["cam1", "cam2"] and "cut off" in diag["views_dropped"]["cam1"]
+    with pytest.raises(ValueError, match=r"only 4 of 6 views are usable \(normalize.min_views = 5\).*cam1"):
+        normalize_frame_set(frames, masks, cams, up, replace(cfg, min_views=5))

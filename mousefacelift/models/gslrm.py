@@ -64,6 +64,7 @@ class GSLRMConfig:
     opacity_bias: float = -2.0
     init_std: float = 0.02
     head_hidden: int = 0           # 0: FaceLift's linear per-token head; >0: LN -> linear(hidden) -> GELU -> linear
+    pixel_skip: bool = False       # add a zero-initialised linear map of each pixel's own 9 input channels
     grad_checkpoint: bool = False  # recompute transformer blocks in backward (saves memory)
     checkpoint_every: int = 1      # blocks per checkpointed segment
 
@@ -191,6 +192,10 @@ class GSLRM(nn.Module):
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
         self.global_head = GaussianHead(d, cfg.gaussian_dim) if cfg.num_global_gaussians else None
         self.pixel_head = GaussianHead(d, p * p * cfg.gaussian_dim, cfg.head_hidden)
+        # Not in FaceLift: a token's head emits p*p pixels' parameters from one d-wide vector,
+        # so pixel-level detail (a pixel's own colour, the silhouette edge inside a patch) must
+        # squeeze through it; this skip hands each Gaussian its pixel's inputs directly.
+        self.pixel_skip = nn.Linear(cfg.in_channels, cfg.gaussian_dim, bias=False) if cfg.pixel_skip else None
         self.reset_parameters()
 
     @classmethod
@@ -207,6 +212,8 @@ class GSLRM(nn.Module):
         for prm in (self.view_markers, self.global_tokens):
             if prm is not None:
                 nn.init.trunc_normal_(prm, std=std)
+        if self.pixel_skip is not None:        # zero: the untrained model equals FaceLift's head
+            nn.init.zeros_(self.pixel_skip.weight)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -217,15 +224,15 @@ class GSLRM(nn.Module):
         p = self.config.patch_size
         with torch.autocast(device_type=images.device.type, enabled=False):   # rays in float32
             o, d = camera_rays(K.float(), c2w.float(), H, W)              # [B,V,H,W,3]
-        x = torch.cat([images.float() * 2 - 1, torch.cross(o, d, dim=-1).permute(0, 1, 4, 2, 3),
-                       d.permute(0, 1, 4, 2, 3)], dim=2)                 # [B,V,9,H,W]
-        x = x.reshape(B, V, 9, H // p, p, W // p, p).permute(0, 1, 3, 5, 4, 6, 2)
+        pix = torch.cat([images.float() * 2 - 1, torch.cross(o, d, dim=-1).permute(0, 1, 4, 2, 3),
+                         d.permute(0, 1, 4, 2, 3)], dim=2)               # [B,V,9,H,W]
+        x = pix.reshape(B, V, 9, H // p, p, W // p, p).permute(0, 1, 3, 5, 4, 6, 2)
         x = x.reshape(B, V * (H // p) * (W // p), p * p * 9)
         tok = self.tokenizer(x)
         if self.view_markers is not None:
             marker = torch.cat([self.view_markers[:1], self.view_markers[1:].expand(V - 1, -1)])
             tok = (tok.view(B, V, -1, tok.shape[-1]) + marker[None, :, None]).view(B, -1, tok.shape[-1])
-        return tok, o, d
+        return tok, pix, o, d
 
     def _run_blocks(self, x):
         every = self.config.checkpoint_every
@@ -265,7 +272,7 @@ class GSLRM(nn.Module):
         if K.shape != (B, V, 3, 3) or c2w.shape != (B, V, 4, 4):
             raise ValueError(f"GSLRM: K must be [{B},{V},3,3] and c2w [{B},{V},4,4], got {tuple(K.shape)} "
                              f"and {tuple(c2w.shape)}")
-        tok, o, d = self._tokens(images, K, c2w)
+        tok, pix, o, d = self._tokens(images, K, c2w)
         n_glob = cfg.num_global_gaussians
         if n_glob:
             tok = torch.cat([self.global_tokens[None].expand(B, -1, -1).to(tok.dtype), tok], dim=1)
@@ -274,13 +281,15 @@ class GSLRM(nn.Module):
 
         raw = self.pixel_head(pix_tok).float()                          # [B, V*h*w, p*p*P]
         with torch.autocast(device_type=raw.device.type, enabled=False):
-            return self._gaussians(raw, glob_tok, o, d, B, V, H, W)
+            return self._gaussians(raw, glob_tok, pix, o, d, B, V, H, W)
 
-    def _gaussians(self, raw, glob_tok, o, d, B, V, H, W) -> Gaussians:
+    def _gaussians(self, raw, glob_tok, pix, o, d, B, V, H, W) -> Gaussians:
         cfg = self.config
         p, n_glob = cfg.patch_size, cfg.num_global_gaussians
         P = cfg.gaussian_dim
         raw = raw.reshape(B, V, H // p, W // p, p, p, P).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, V * H * W, P)
+        if self.pixel_skip is not None:                                   # pixels in the same raster order
+            raw = raw + self.pixel_skip(pix.permute(0, 1, 3, 4, 2).reshape(B, V * H * W, cfg.in_channels))
         o, d = o.reshape(B, V * H * W, 3), d.reshape(B, V * H * W, 3)
         t = torch.sigmoid(raw[..., :3].mean(dim=-1, keepdim=True) + cfg.depth_bias)
         dist = cfg.near + (cfg.far - cfg.near) * t
