@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+import yaml
 
 from mousefacelift.cameras import Camera
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for
@@ -373,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--check", nargs="*", default=None, metavar="SHARD_DIR",
                     help="instead of making a recording, compare ingested shard folders with --out's truth")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="any key of configs/real/fake_capture.yaml, e.g. path_radius_mm=75")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.check is not None:
@@ -380,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rep["summary"], indent=1))
         return 0 if rep["summary"]["verify_failures"] == 0 else 1
     cfg = load_fake_config()
+    for kv in args.overrides:
+        key, eq, value = kv.partition("=")
+        if not eq or key not in FakeCaptureConfig.__dataclass_fields__:
+            ap.error(f"override {kv!r}: expected KEY=VALUE with KEY one of {sorted(FakeCaptureConfig.__dataclass_fields__)}")
+        v = yaml.safe_load(value)
+        setattr(cfg, key, tuple(v) if isinstance(v, list) else v)
     for k in ("frames", "downscale", "renderer", "seed"):
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
