@@ -112,6 +112,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=0, help="linear LR warm-up steps, then cosine decay to --steps")
     ap.add_argument("--alpha-weight", type=float, default=0.5)
+    ap.add_argument("--pointmap-weight", type=float, default=0.0,
+                    help="weight of train.losses.pointmap_depth_loss on the input views (0 = off)")
     ap.add_argument("--minutes", type=float, default=5.0, help="stop after this wall time")
     ap.add_argument("--target-psnr", type=float, default=25.0)
     ap.add_argument("--log-every", type=int, default=10)
@@ -132,7 +134,8 @@ def main(argv=None):
     target = rgb * alpha + (1 - alpha)                     # composited on white, like train.data
     inp = torch.arange(0, args.views, args.views // args.inputs)[: args.inputs]
     batch = {"rgb": target[None], "alpha": alpha[None], "depth": depth[None], "has_depth": torch.ones(1),
-             "K": K[None], "c2w": c2w[None], "background": bg}
+             "K": K[None], "c2w": c2w[None], "background": bg,
+             "input_c2w": c2w[None, inp], "input_depth": depth[None, inp], "input_alpha": alpha[None, inp]}
     mcfg = load_model_config(args.model)
     for kv in args.set:
         key, _, value = kv.partition("=")
@@ -143,7 +146,8 @@ def main(argv=None):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps, 0.05)) \
         if args.warmup else None
-    lcfg = LossConfig(rgb_weight=1.0, alpha_weight=args.alpha_weight, depth_weight=0.1)
+    lcfg = LossConfig(rgb_weight=1.0, alpha_weight=args.alpha_weight, depth_weight=0.1,
+                      pointmap_weight=args.pointmap_weight)
     print(f"# data: {source}; {args.views} views {args.size}px, inputs {inp.tolist()}, "
           f"foreground {float(alpha.mean()):.1%} of pixels")
     print(f"# model: {args.model} {' '.join(args.set)} ({model.num_parameters():,} params), "
@@ -154,7 +158,7 @@ def main(argv=None):
     for step in range(args.steps + 1):
         g = model(target[None, inp], K[None, inp], c2w[None, inp])
         out = render(g, batch["K"], batch["c2w"], args.size, args.size, background=bg)
-        loss, parts = compute_losses(out, batch, lcfg, step)
+        loss, parts = compute_losses(out, batch, lcfg, step, gaussians=g)
         with torch.no_grad():
             pm = float(masked_psnr(out.rgb, batch["rgb"], batch["alpha"], out.alpha).nanmean())
             pw = float(psnr(out.rgb, batch["rgb"]).mean())

@@ -70,6 +70,13 @@ def test_batch_fields_and_weighted_mixing(shards):
     assert b["K"].shape == (2, 8, 3, 3) and b["c2w"].shape == (2, 8, 4, 4) and bool(b["has_depth"].all())
     # the inputs are the first views of the supervised set (no augmentation here)
     assert torch.allclose(b["input_rgb"], b["rgb"][:, :4]) and torch.allclose(b["input_c2w"], b["c2w"][:, :4])
+    assert torch.equal(b["input_depth"], b["depth"][:, :4]) and torch.equal(b["input_alpha"], b["alpha"][:, :4])
+    # augmented inputs lose their point-map depth (their pixels moved off the surface it described)
+    aug = data_cfg(str(shards / "mouse"), augment={"enabled": True, "probability": 0.5})
+    exs = take(TrainStream(shard_sets_from_cfg(aug), ExampleConfig.from_cfg(aug), seed=0), 6)
+    moved = torch.cat([e["input_jittered"] | (e["input_grid_px"] > 0) for e in exs])
+    known = torch.cat([(e["input_depth"] > 0).flatten(1).any(1) for e in exs])
+    assert moved.any() and (~moved).any() and torch.equal(known, ~moved)
 
 
 def test_view_sampling_constraint_and_policies():

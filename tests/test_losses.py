@@ -123,3 +123,40 @@ def test_ssim_iou_and_depth_error():
     assert float(depth_error(b["depth"], torch.zeros_like(b["depth"]), b["alpha"]).sum()) == 0   # no depth: 0
     m = render_metrics(RenderOutput(b["rgb"], b["alpha"], b["depth"]), b)
     assert list(m)[0] == "psnr_masked" and m["mask_iou"] == 1.0 and m["depth_abs_err"] == 0.0
+
+
+def test_pointmap_depth_loss_measures_each_pixel_gaussian_against_its_pixel_depth():
+    import numpy as np
+
+    from mousefacelift.cameras import camera_rays, make_rig, stack_cameras
+    from mousefacelift.gaussians import Gaussians
+    from train.losses import pointmap_depth_loss
+
+    H = W = 8
+    cams = make_rig("ring2", size=H)
+    K, c2w = (torch.tensor(np.asarray(a), dtype=torch.float32)[None] for a in stack_cameras(cams))
+    depth = torch.full((1, 2, 1, H, W), 2.5)
+    depth[..., :2, :] = 0.0                                   # rows without depth are ignored
+    alpha = torch.ones(1, 2, 1, H, W)
+    alpha[..., :, :1] = 0.0                                   # so is the background
+    o, d = camera_rays(K, c2w, H, W)                           # unit rays: planar z = t * cos
+    fwd = c2w[..., :3, 2][:, :, None, None, :]
+    t = 2.5 / (d * fwd).sum(-1, keepdim=True)
+    means = (o + t * d).reshape(1, -1, 3)
+    glob = torch.zeros(1, 5, 3)                                # global Gaussians come first and are skipped
+    mk = lambda m: Gaussians(torch.cat([glob, m], 1), torch.ones(1, m.shape[1] + 5, 3) * 0.01,
+                             torch.tensor([1.0, 0, 0, 0]).expand(1, m.shape[1] + 5, 4),
+                             torch.ones(1, m.shape[1] + 5, 1), torch.zeros(1, m.shape[1] + 5, 1, 3))
+    assert float(pointmap_depth_loss(mk(means), c2w, depth, alpha)) < 1e-5
+    shifted = (o + (t + 0.1) * d).reshape(1, -1, 3)            # 0.1 further along each ray
+    expect = float((0.1 * (d * fwd).sum(-1))[:, :, 2:, 1:].mean())
+    assert abs(float(pointmap_depth_loss(mk(shifted), c2w, depth, alpha)) - expect) < 1e-4
+    assert float(pointmap_depth_loss(mk(shifted), c2w, depth, torch.zeros_like(alpha))) == 0.0
+    # through compute_losses: on with pointmap_weight and input_depth, weighted into the total
+    batch = {"rgb": torch.ones(1, 2, 3, H, W), "alpha": alpha, "depth": depth, "has_depth": torch.ones(1),
+             "background": torch.ones(1, 3), "input_c2w": c2w, "input_depth": depth, "input_alpha": alpha}
+    perfect = RenderOutput(batch["rgb"], alpha * 0 + 0.0, depth * 0)
+    base, p0 = compute_losses(perfect, batch, LossConfig(alpha_weight=0.0), 0, gaussians=mk(shifted))
+    total, p1 = compute_losses(perfect, batch, LossConfig(alpha_weight=0.0, pointmap_weight=2.0), 0,
+                               gaussians=mk(shifted))
+    assert "pointmap" not in p0 and abs(float(total - base) - 2 * expect) < 1e-4

@@ -224,8 +224,13 @@ def make_example(raw: dict, cfg: ExampleConfig, rng: np.random.Generator) -> dic
         "c2w": c2w,
         "background": bg,
         "input_rgb": composite(in_rgb, in_alpha, bg),
+        "input_alpha": in_alpha,
         "input_K": in_K,
         "input_c2w": in_c2w,
+        # true depth of the input views the augmentation left untouched (a warped view's pixels no
+        # longer sit on the surface its depth described); 0 = unknown
+        "input_depth": (depth[:nin] if has_depth else torch.zeros_like(in_alpha))
+        * ~(info["jittered"] | (info["grid_px"] > 0)).reshape(-1, 1, 1, 1),
         "input_jittered": info["jittered"],
         "input_grid_px": info["grid_px"],
         "valid": torch.tensor(True),
@@ -237,7 +242,8 @@ def collate(examples: list[dict]) -> dict[str, Any]:
 
     Batch fields: rgb [B,V,3,H,W] (composited on ``background`` [B,3]), alpha [B,V,1,H,W],
     depth [B,V,1,H,W] (zeros where ``has_depth`` [B] is False), K [B,V,3,3], c2w [B,V,4,4],
-    input_rgb/input_K/input_c2w (the first num_input_views views as the model sees them),
+    input_rgb/input_alpha/input_K/input_c2w (the first num_input_views views as the model sees them),
+    input_depth (their true depth where the augmentation left a view untouched, else 0),
     view_index, view_fallback, valid, key/source/shard lists, corrupt (records skipped since
     the previous example of that worker), and the stream positions used for exact resume.
     """

@@ -12,6 +12,9 @@ whose fields are the ``loss:`` keys of configs/train.yaml and configs/phase/*.ya
   expected depth vs the sample's planar depth, only where the sample has depth
   (``has_depth``), the pixel has a depth value (> 0) and the render covers it (alpha above
   ``depth_min_alpha``, so depth is not pulled through almost-transparent pixels);
+- ``pointmap``: :func:`pointmap_depth_loss`, each pixel-aligned Gaussian's depth in its input
+  camera vs the input pixel's true depth (batch ``input_depth``; 0 = unknown, e.g. augmented
+  views); needs ``gaussians``;
 - ``perceptual``: VGG16 feature L1 from LOCALLY supplied torchvision-layout weights
   (``perceptual_weights``: a path; never downloaded), off before ``perceptual_warmup_steps``
   then ramped in linearly over ``perceptual_ramp_steps``; a missing file is an error;
@@ -43,6 +46,7 @@ class LossConfig:
     depth_loss: str = "huber"           # "huber" or "l1"
     depth_huber_delta: float = 0.02     # world units (~1/100 of the subject cube)
     depth_min_alpha: float = 0.5        # depth is supervised only where the render covers the pixel
+    pointmap_weight: float = 0.0        # >0: each input pixel's Gaussian vs that pixel's depth (needs input_depth)
     perceptual_weight: float = 0.0      # off by default: needs local VGG16 weights
     perceptual_weights: str | None = None  # path to a torchvision-layout VGG16 state dict (.pth)
     perceptual_warmup_steps: int = 0    # perceptual term is 0 before this step ...
@@ -181,6 +185,27 @@ def _depth_term(render_out, batch, cfg: LossConfig) -> torch.Tensor | None:
     return (pred - true).abs().mean()
 
 
+def pointmap_depth_loss(gaussians, input_c2w: torch.Tensor, input_depth: torch.Tensor,
+                        input_alpha: torch.Tensor, min_alpha: float = 0.5) -> torch.Tensor:
+    """L1 between each pixel-aligned Gaussian's planar depth in its own input camera and that
+    pixel's true depth, over foreground pixels with depth.
+
+    Why: the rendered-depth term only sees where Gaussians END UP after compositing; this one
+    tells every Gaussian directly where its pixel's surface is, the dense signal that stops a
+    reconstructor from explaining views with view-aligned sheets instead of geometry. The
+    pixel-aligned Gaussians are the last ``V*H*W`` (GS-LRM's raster order, global ones first).
+    """
+    B, V, _, H, W = input_depth.shape
+    means = gaussians.means[:, -V * H * W:].reshape(B, V, H * W, 3)
+    w2c = torch.linalg.inv(input_c2w.to(means.dtype))                          # [B,V,4,4]
+    z = (means @ w2c[..., 2:3, :3].transpose(-1, -2)).squeeze(-1) + w2c[..., 2:3, 3]   # [B,V,HW]
+    true = input_depth.reshape(B, V, H * W).to(z.dtype)
+    valid = (true > 0) & (input_alpha.reshape(B, V, H * W) > min_alpha)
+    if not bool(valid.any()):
+        return z.sum() * 0.0
+    return (z[valid] - true[valid]).abs().mean()
+
+
 def compute_losses(render_out, batch: Mapping[str, Any], cfg: Any, step: int, gaussians=None):
     """Weighted total and a dict of the (unweighted, detached) terms; see the module docstring."""
     cfg = LossConfig.from_any(cfg)
@@ -204,6 +229,11 @@ def compute_losses(render_out, batch: Mapping[str, Any], cfg: Any, step: int, ga
         if d is not None:
             parts["depth"] = d
             total = total + cfg.depth_weight * d
+    if cfg.pointmap_weight > 0 and gaussians is not None and "input_depth" in batch:
+        pm = pointmap_depth_loss(gaussians, batch["input_c2w"], batch["input_depth"], batch["input_alpha"],
+                                 cfg.depth_min_alpha)
+        parts["pointmap"] = pm
+        total = total + cfg.pointmap_weight * pm
     ps = perceptual_scale(cfg, step)
     if ps > 0:
         net = load_perceptual(cfg.perceptual_weights, render_out.rgb.device)
