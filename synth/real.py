@@ -16,6 +16,10 @@ Per frame set (one frame from every camera, with masks):
    pinhole, and the resampling maps every output pixel centre back through exactly that
    camera, so images and intrinsics cannot drift apart.
 
+A view whose mask touches the sensor border (the mouse ran off that camera) abstains in the
+hull beyond its frame and is left out of the sample (``views_dropped`` names it and why); a
+frame set with fewer than ``min_views`` usable views is skipped with the reason.
+
 Everything is recorded in ``meta.json`` under ``normalization``.
 """
 from __future__ import annotations
@@ -47,7 +51,7 @@ class NormalizeConfig:
     hull_grid: int = 48                # voxels per side of every hull pass
     hull_passes: int = 3               # coarse-to-fine passes (each over the previous hull's box)
     hull_carve_tolerance: int = 0      # views that may wrongly carve a hull voxel (mask errors)
-    hull_min_views: int = 3            # views whose silhouette a hull voxel must touch (cut views abstain beyond their edge)
+    hull_min_views: int = 3            # silhouettes a hull voxel must touch (cut views abstain beyond their edge)
     edge_margin_px: int = 2            # a mask this close to the sensor border means the mouse is cut off there
     drop_cut_views: bool = True        # leave views with a cut-off mouse out of the sample (their alpha is incomplete)
     min_views: int = 4                 # fewer usable views: the frame set is skipped with the reason
