@@ -232,6 +232,7 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
         z = depth[i][ys, xs]
         src.append((uv, backproject(cams[i], uv, z), normals[ys, xs]))
 
+    centers = np.stack([c.center for c in cams])     # camera centres, for the facing test
     tested = np.zeros(V, np.int64)
     conflicts = np.zeros(V, np.int64)
     err_parts, abs_parts, rel_parts, src_parts, dst_parts = [], [], [], [], []
@@ -254,8 +255,7 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
         d, smooth = sample_depth(depth, uv_j, max_spread=m * z_j, view=view)
         col = np.clip(uv_j[:, 0].astype(np.int64), 0, W - 1)
         row = np.clip(uv_j[:, 1].astype(np.int64), 0, H - 1)
-        centers = np.stack([c.center for c in cams])[view]
-        faces_j = np.sum(N[pidx] * (centers - X[pidx]), axis=1)
+        faces_j = np.sum(N[pidx] * (centers[view] - X[pidx]), axis=1)
         back_facing = faces_j < 0                       # NaN normal (edge): not decided here
         hidden = ((d > 0) & (z_j > d * (1 + m))) | back_facing
         # in front of every surface j saw near there (or only background near there)
