@@ -14,7 +14,7 @@ import logging
 import tempfile
 
 from mousefacelift.config import compose
-from train.fake_data import write_sphere_shards
+from mousefacelift.analytic import write_sphere_shards
 from train.run import run_phase
 
 

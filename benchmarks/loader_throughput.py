@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from train.data import ExampleConfig, TrainStream, make_train_loader, shard_sets_from_cfg
-from train.fake_data import write_sphere_shards
+from mousefacelift.analytic import write_sphere_shards
 
 
 def data_cfg(shards, size, workers, augment, batch):

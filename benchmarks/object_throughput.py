@@ -25,8 +25,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from mousefacelift.config import compose, to_container
-    from mousefacelift.sample import MultiViewSample
-    from synth.objects import load_mesh_file, procedural_object
+    from mousefacelift.shards import MultiViewSample
+    from synth.objects.generate import load_mesh_file, procedural_object
     from synth.render_objects import ObjectComposer
 
     rows = []

@@ -33,10 +33,10 @@ from blender.naive import render_naive
 from blender.quality import load_quality
 from mousefacelift.body import PoseSampler, load_body_model
 from mousefacelift.cameras import make_rig
-from mousefacelift.sample import SCHEMA, MultiViewSample
+from mousefacelift.shards import SCHEMA, MultiViewSample
 from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for
-from synth.appearance import AppearanceSampler
-from synth.lighting import LightingSampler
+from synth.mouse.appearance import AppearanceSampler
+from synth.mouse.lighting import LightingSampler
 
 log = logging.getLogger("render_throughput")
 

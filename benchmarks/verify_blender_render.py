@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mousefacelift.body import PoseSampler, load_body_model  # noqa: E402
 from mousefacelift.cameras import make_rig  # noqa: E402
-from mousefacelift.sample import SCHEMA, MultiViewSample  # noqa: E402
+from mousefacelift.shards import SCHEMA, MultiViewSample  # noqa: E402
 from mousefacelift.scene import EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for  # noqa: E402
 
 FILL = 0.9        # the subject's longest half-extent in world units (as synth.compose)
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     from blender.backend import BlenderRenderer
-    from synth.shards import ShardWriter, check_writable_dir
+    from mousefacelift.shards import ShardWriter, check_writable_dir
 
     out = check_writable_dir(args.out)
     model = load_body_model("procedural")

@@ -19,10 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from synth import geometry_checks as gc  # noqa: E402
-from synth.tables import format_table  # noqa: E402
-from synth.testdata import critter_sample, write_samples  # noqa: E402
-from synth.verify import verify_dir  # noqa: E402
+from synth.tools import geometry_checks as gc  # noqa: E402
+from synth.tools.tables import format_table  # noqa: E402
+from mousefacelift.analytic import critter_sample  # noqa: E402
+from mousefacelift.shards import write_samples  # noqa: E402
+from synth.tools.verify import verify_dir  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +68,7 @@ def sensitivity(sample, degrees=(0.0, 0.25, 0.5, 1.0, 2.0), view: int = 3) -> st
     """How the figures respond when one camera is turned by a few tenths of a degree."""
     from dataclasses import replace
 
-    from mousefacelift.sample import MultiViewSample
+    from mousefacelift.shards import MultiViewSample
 
     th = gc.Thresholds()
     rows = []

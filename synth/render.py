@@ -106,7 +106,7 @@ def _quote(v) -> str:
 def validate_config(cfg) -> None:
     """Clear errors for impossible values before any work starts (names the key and the value)."""
     from mousefacelift.cameras import make_rig
-    from synth.compose import quality_preset
+    from synth.mouse.compose import quality_preset
 
     run = cfg["run"]
     checks = [("run.poses (--poses)", run["poses"], 1), ("samples_per_shard (--samples-per-shard)", cfg["samples_per_shard"], 1),
@@ -146,9 +146,9 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from mousefacelift.config import to_container
-    from synth import shards as S
-    from synth import workers as W
-    from synth.compose import dataset_config
+    from mousefacelift import shards as S
+    from synth.mouse import workers as W
+    from synth.mouse.compose import dataset_config
 
     plain = to_container(cfg)
     validate_config(plain)
@@ -271,7 +271,7 @@ class _Pool:
     or a fatal error (bad input, disk full), stops the run."""
 
     def __init__(self, todo: list[int], workers: int, worker_kwargs: dict):
-        from synth import workers as W
+        from synth.mouse import workers as W
 
         self.W = W
         self.ctx = mp.get_context("spawn")

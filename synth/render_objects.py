@@ -24,9 +24,9 @@ import yaml
 
 from mousefacelift.cameras import make_rig
 from mousefacelift.config import config_hash, configs_dir
-from mousefacelift.sample import SCHEMA
+from mousefacelift.shards import SCHEMA
 from mousefacelift.scene import SceneSpec, depth_range_for
-from synth.objects import (MeshSkipped, ObjectConfig, config_to_meta, find_mesh_files, load_mesh_file,
+from synth.objects.generate import (MeshSkipped, ObjectConfig, config_to_meta, find_mesh_files, load_mesh_file,
                            procedural_object)
 
 log = logging.getLogger("synth.render_objects")
@@ -50,7 +50,7 @@ class ObjectComposer:
     lit and framed like the mouse (same rig config and lighting sampler)."""
 
     def __init__(self, cfg: Any):
-        from synth.compose import _lighting_api, _plain, dataset_config
+        from synth.mouse.compose import _lighting_api, _plain, dataset_config
 
         self.plain = _plain(cfg)
         ocfg = self.plain.get("objects") or {}
@@ -97,7 +97,7 @@ class ObjectComposer:
         allv = np.concatenate([m.vertices for m in meshes])
         cams = depth_range_for(cams, allv.min(0), allv.max(0), margin=float(self.plain["depth_margin"]))
         gen = self.plain.get("generator") or {}
-        from synth.compose import _json_safe
+        from synth.mouse.compose import _json_safe
 
         meta = {"schema": SCHEMA, "source": "object", "index": index, "seed": seed,
                 "seed_derivation": "object: (seed, index); lighting, rig: SeedSequence([seed, index, 1]).spawn(3)[1:]",

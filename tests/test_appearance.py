@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from synth.appearance import REGIONS, AppearanceError, AppearanceSampler, load_appearance_config
+from synth.mouse.appearance import REGIONS, AppearanceError, AppearanceSampler, load_appearance_config
 
 
 def test_every_region_gets_a_valid_material_and_sampling_is_deterministic():

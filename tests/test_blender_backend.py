@@ -16,7 +16,7 @@ from mousefacelift.meshraster import rasterize  # noqa: E402
 from mousefacelift.scene import (AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec,  # noqa: E402
                                  SceneSpec)
 
-from synth.lighting import builtin_hdris  # noqa: E402
+from synth.mouse.lighting import builtin_hdris  # noqa: E402
 
 
 def _icosphere(center, radius, subdivisions=3):

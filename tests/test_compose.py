@@ -3,11 +3,9 @@ import numpy as np
 import pytest
 
 from mousefacelift.config import compose, to_container
-from mousefacelift.sample import SCHEMA
-from synth import compose as C
+from mousefacelift.shards import SCHEMA
+from synth.mouse import compose as C
 
-pytest.importorskip("synth.appearance")
-pytest.importorskip("synth.lighting")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 from mousefacelift.cameras import make_rig
-from train.data import (ExampleConfig, TrainStream, eval_examples, iter_raw_samples, make_train_loader,
-                        resolve_shards, shard_sets_from_cfg)
-from train.fake_data import write_sphere_shards
+from mousefacelift.shards import iter_shard, resolve_shards
+from train.data import (ExampleConfig, TrainStream, eval_examples, make_train_loader,
+                        shard_sets_from_cfg)
+from mousefacelift.analytic import write_sphere_shards
 from train.views import ViewSamplingConfig, constraint_violations, select_views, view_directions
 
 SIZE = 32
@@ -53,7 +54,7 @@ def test_resolve_shards_forms_and_errors(shards):
         resolve_shards(str(shards / "missing"))
     # pipe: URLs really stream
     url = f"pipe:cat {folder[0]}"
-    assert [s["__key__"] for s in iter_raw_samples(url)] == ["mouse_000000000", "mouse_000000001", "mouse_000000002"]
+    assert [s["__key__"] for s in iter_shard(url)] == ["mouse_000000000", "mouse_000000001", "mouse_000000002"]
 
 
 def test_batch_fields_and_weighted_mixing(shards):

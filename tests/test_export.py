@@ -6,10 +6,11 @@ import json
 import numpy as np
 from PIL import Image
 
-from mousefacelift.sample import MultiViewSample
-from synth import export
-from synth.inspect import iter_samples
-from synth.testdata import critter_sample, write_samples
+from mousefacelift.shards import MultiViewSample
+from synth.tools import export
+from synth.tools.inspect import iter_samples
+from mousefacelift.analytic import critter_sample
+from mousefacelift.shards import write_samples
 
 
 def _decoded(folder):

@@ -3,7 +3,7 @@ import imageio.v2 as iio2
 import numpy as np
 import pytest
 
-from synth.frames import FrameSource, write_image_folder
+from synth.real.frames import FrameSource, write_image_folder
 
 
 def _frames(n=6, h=48, w=64):

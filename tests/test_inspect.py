@@ -7,8 +7,9 @@ import numpy as np
 from PIL import Image
 
 from mousefacelift import viz
-from synth import inspect as si
-from synth.testdata import critter_sample, write_samples
+from synth.tools import inspect as si
+from mousefacelift.analytic import critter_sample
+from mousefacelift.shards import write_samples
 
 
 def _shards(tmp_path, n=2, views="sphere6", size=48, **kw):

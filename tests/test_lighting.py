@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from synth.lighting import LightingError, LightingSampler, builtin_hdris, folder_hdris, load_lighting_config
+from synth.mouse.lighting import LightingError, LightingSampler, builtin_hdris, folder_hdris, load_lighting_config
 
 
 def _cfg(**over):
@@ -65,7 +65,7 @@ def test_meta_names_hdri_portably(tmp_path):
 
     import numpy as np
 
-    from synth.lighting import LightingSampler, builtin_hdris
+    from synth.mouse.lighting import LightingSampler, builtin_hdris
 
     if not builtin_hdris():
         import pytest

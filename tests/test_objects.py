@@ -7,7 +7,7 @@ import trimesh
 import yaml
 from PIL import Image
 
-from synth.objects import (MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, procedural_object)
+from synth.objects.generate import (MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, procedural_object)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from mousefacelift.cameras import Camera, look_at
-from mousefacelift.sample import MultiViewSample
-from synth.calibration import Calibration, load_calibration, save_calibration
-from synth.masks import MaskConfig, median_background, subtract_background, threshold_mask
-from synth.real import (NormalizeConfig, Normalization, estimate_normalization, mask_is_cut, normalize_frame_set, pinhole,
+from mousefacelift.shards import MultiViewSample
+from synth.real.calibration import Calibration, load_calibration, save_calibration
+from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
+from synth.real.normalize import (build_real_sample, NormalizeConfig, Normalization, estimate_normalization, mask_is_cut, normalize_frame_set, pinhole,
                         pixels_to_normalized, resample_view, rotation_to_z, triangulate)
 
 
@@ -205,7 +205,7 @@ def test_normalize_frame_set_outputs_consistent_views():
     frames = [np.where(m[..., None], 200, 40).astype(np.uint8).repeat(3, -1) for m in masks]
     views, norm, diag = normalize_frame_set(frames, masks, cams, np.array([0, 0, 1.0]),
                                             NormalizeConfig(size=48, hull_box_mm=200))
-    sample = __import__("synth.real", fromlist=["build_real_sample"]).build_real_sample(
+    sample = build_real_sample(
         "real_000000007", views, norm, diag, {"frame": 7, "index": 7})
     dec = MultiViewSample.decode(sample.encode())
     assert dec.depth is None and dec.meta["source"] == "real" and dec.rgba.shape == (6, 48, 48, 4)

@@ -3,12 +3,12 @@ truth; and the three sources (mouse/object/real) decode to the same tensor schem
 import numpy as np
 import pytest
 
-from mousefacelift.sample import MultiViewSample
-from synth.calibration import load_calibration
-from synth.fake_capture import FakeCaptureConfig, check_round_trip, make_fake_capture
-from synth.geometry_checks import Thresholds
-from synth.ingest_real import main as ingest_main
-from synth.shards import iter_shard, list_shards, read_manifest
+from mousefacelift.shards import MultiViewSample
+from synth.real.calibration import load_calibration
+from synth.real.fake_capture import FakeCaptureConfig, check_round_trip, make_fake_capture
+from synth.tools.geometry_checks import Thresholds
+from synth.real.ingest import main as ingest_main
+from mousefacelift.shards import iter_shard, list_shards, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_three_sources_share_one_schema(fake_capture, tmp_path):
     obj = MultiViewSample(key=scene.key, meta=scene.meta, rgba=rgba, cameras=scene.cameras, depth=depth)
     obj = MultiViewSample.decode(obj.encode()).to_tensors()
     mcfg = to_container(compose("render", ["rig.name=sphere2", "resolution=16"]))
-    from synth.workers import make_composer
+    from synth.mouse.workers import make_composer
 
     mscene = make_composer(mcfg).compose(0)
     mouse = MultiViewSample(key=mscene.key, meta=mscene.meta, rgba=rgba, cameras=mscene.cameras, depth=depth,
@@ -96,7 +96,7 @@ def test_three_sources_share_one_schema(fake_capture, tmp_path):
 
 
 def test_fake_capture_cli_overrides(dannce_dir, tmp_path, capsys):
-    from synth.fake_capture import main as fake_main
+    from synth.real.fake_capture import main as fake_main
     with pytest.raises(SystemExit):
         fake_main(["--calib", str(dannce_dir / "label3d_dannce.mat"), "--out", str(tmp_path / "x"), "path_radius=5"])
     assert "path_radius_mm" in capsys.readouterr().err            # the error lists the real keys

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from synth import render as R
-from synth import shards as S
-from synth import workers as W
+from mousefacelift import shards as S
+from synth.mouse import workers as W
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--rig", "sphere2", "--resolution", "64", "--samples", "4", "--quality", "preview",
@@ -68,7 +68,6 @@ def test_bad_inputs_stop_with_clear_messages(tmp_path, capsys):
 
 
 def test_bad_paths_and_config_mismatch_damage_nothing(tmp_path, capsys):
-    pytest.importorskip("synth.appearance")
     f = tmp_path / "file"
     f.write_text("x")
     assert "not a folder" in _main_err(capsys, ["--poses", "2", "--out", str(f)])
@@ -92,7 +91,7 @@ def test_bad_paths_and_config_mismatch_damage_nothing(tmp_path, capsys):
 
 # -- the real pipeline (slow, tiny) ----------------------------------------------------------
 def _decode_all(out: Path) -> dict:
-    from mousefacelift.sample import MultiViewSample
+    from mousefacelift.shards import MultiViewSample
 
     got = {}
     for p in S.list_shards(out):
@@ -105,7 +104,6 @@ def _decode_all(out: Path) -> dict:
 @pytest.mark.slow
 def test_render_resume_after_kill_and_split_determinism(tmp_path, caplog):
     pytest.importorskip("bpy")
-    pytest.importorskip("synth.appearance")
     # 1) one job renders all 3 shards; the worker is recycled after 2 poses
     a = tmp_path / "a"
     r = _cli(["--poses", "3", "--out", str(a), "--recycle-every", "2", *TINY])
@@ -159,9 +157,8 @@ def test_render_resume_after_kill_and_split_determinism(tmp_path, caplog):
 
 def test_manifest_is_repaired_from_sidecars_when_a_run_died_before_merging(tmp_path, capsys):
     """A worker killed between a shard's sidecar and the manifest merge: the next run lists it again."""
-    pytest.importorskip("synth.appearance")
     from mousefacelift.config import compose, to_container
-    from synth.compose import dataset_config, dataset_config_hash
+    from synth.mouse.compose import dataset_config, dataset_config_hash
 
     args = ["--poses", "2", "--out", str(tmp_path), *TINY]
     cfg = to_container(compose("render", R.overrides_from_args(R.build_parser().parse_args(args))))

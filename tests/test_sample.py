@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mousefacelift.cameras import make_rig
-from mousefacelift.sample import SCHEMA, MultiViewSample, SampleError, decode_depth, encode_depth
+from mousefacelift.shards import SCHEMA, MultiViewSample, SampleError, decode_depth, encode_depth
 from mousefacelift.scene import depth_range_for
 
 

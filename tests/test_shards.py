@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mousefacelift.config import compose, config_hash, to_container
-from synth import shards as S
+from mousefacelift import shards as S
 
 HEADER = {"source": "mouse", "prefix": "t", "samples_per_shard": 2, "seed": 0,
           "config": {"a": 1}, "config_hash": "abc123", "generator": {"name": "test", "version": 1}}

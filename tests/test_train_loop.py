@@ -4,7 +4,7 @@ import torch
 
 from mousefacelift.config import compose
 from train.checkpoint import CheckpointError, load_checkpoint
-from train.fake_data import write_sphere_shards
+from mousefacelift.analytic import write_sphere_shards
 from train.trainer import Trainer, apply_freeze, freeze_patterns
 from train.schedule import lr_factor, param_groups
 

@@ -9,7 +9,7 @@ import torch
 
 from mousefacelift.config import compose
 from train.checkpoint import load_checkpoint
-from train.fake_data import write_sphere_shards
+from mousefacelift.analytic import write_sphere_shards
 from train.run import run_phase
 
 REPO = Path(__file__).resolve().parents[1]

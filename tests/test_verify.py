@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from mousefacelift.cameras import make_rig
-from synth import verify
-from synth.testdata import critter_sample, rasterize_sample, write_samples
+from synth.tools import verify
+from mousefacelift.analytic import critter_sample, rasterize_sample
+from mousefacelift.shards import write_samples
 
 RIG, SIZE = "sphere6", 64
 
@@ -80,7 +81,7 @@ def test_perturbed_camera_fails_reprojection(tmp_path):
 
 
 def test_missing_member_fails(tmp_path):
-    from synth.shards import ShardWriter
+    from mousefacelift.shards import ShardWriter
 
     samples = _samples(2)
     enc = samples[1].encode()

@@ -1,9 +1,7 @@
 """Shard streaming -> training batches (ARCHITECTURE §2, §4, §5).
 
-Sources: a shard spec is a folder (its ``manifest.json`` shard list, else ``*.tar``), a glob,
-a brace pattern (``shards/mouse-{000000..000099}.tar``), a single tar, an ``http(s)://`` URL
-or a ``pipe:`` command (``pipe:aws s3 cp s3://bucket/x.tar -``), or a list of those. Tars are
-opened with ``webdataset.gopen`` and read member by member (no temporary copies).
+Sources: any shard spec of :func:`mousefacelift.shards.resolve_shards` (folders, globs, brace
+patterns, URLs, ``pipe:`` commands), read member by member by :func:`mousefacelift.shards.iter_shard`.
 
 Training stream (:class:`TrainStream`) — a pure function of (seed, rank, logical worker,
 position), which is what makes ``resume=true`` exact:
@@ -27,24 +25,18 @@ examples flagged ``valid=False`` that the evaluator ignores.
 """
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
 import logging
 import os
-import tarfile
 import zlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import braceexpand
 import numpy as np
 import torch
-import webdataset as wds
-from webdataset import tariterators
 
 from mousefacelift.cameras import Camera
-from mousefacelift.sample import MultiViewSample, SampleError
+from mousefacelift.shards import MultiViewSample, SampleError, ShardError, iter_shard, resolve_shards
 
 from .augment import AugmentConfig, augment_inputs, composite, pick_background, resize_views
 from .views import ViewSamplingConfig, select_views
@@ -52,101 +44,6 @@ from .views import ViewSamplingConfig, select_views
 log = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://", "ais://")
-
-
-# -- shard lists ---------------------------------------------------------------------------
-def resolve_shards(spec) -> list[str]:
-    """Expand a shard spec (see module docstring) to an ordered list of URLs/paths."""
-    if spec is None:
-        raise ValueError("no shards given: set data.shards or data.sets[*].shards")
-    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    out: list[str] = []
-    for item in items:
-        item = str(item)
-        if item.startswith(REMOTE_PREFIXES):
-            out.extend(braceexpand.braceexpand(item))
-            continue
-        path = os.path.expanduser(item)
-        if os.path.isdir(path):
-            man = os.path.join(path, "manifest.json")
-            if os.path.exists(man):
-                names = [s["name"] for s in _read_json(man).get("shards", [])]
-                found = [os.path.join(path, n) for n in names]
-            else:
-                found = sorted(glob.glob(os.path.join(path, "*.tar")))
-            if not found:
-                raise FileNotFoundError(f"shard folder {path} holds no shards (no manifest entries, no *.tar)")
-            out.extend(found)
-        elif "{" in path:
-            out.extend(braceexpand.braceexpand(path))
-        elif any(c in path for c in "*?["):
-            found = sorted(glob.glob(path))
-            if not found:
-                raise FileNotFoundError(f"shard pattern {path} matches no file")
-            out.extend(found)
-        elif os.path.isfile(path):
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"shard spec {item!r}: no such folder or file")
-    if not out:
-        raise ValueError(f"shard spec {spec!r} expands to no shards")
-    return out
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read manifest ({e})") from None
-
-
-def manifest_record(spec) -> list[dict]:
-    """For checkpoints: per local shard folder its manifest sha256 and config hash, else the URL list hash."""
-    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec or [])
-    recs = []
-    for item in items:
-        item = str(item)
-        man = os.path.join(os.path.expanduser(item), "manifest.json")
-        if not item.startswith(REMOTE_PREFIXES) and os.path.isfile(man):
-            raw = open(man, "rb").read()
-            m = json.loads(raw)
-            recs.append({"spec": item, "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-                         "config_hash": m.get("config_hash"), "shards": len(m.get("shards", []))})
-        else:
-            urls = resolve_shards(item)
-            recs.append({"spec": item, "urls_sha256": hashlib.sha256("\n".join(urls).encode()).hexdigest(),
-                         "shards": len(urls)})
-    return recs
-
-
-# -- raw tar reading -----------------------------------------------------------------------
-class ShardReadError(RuntimeError):
-    """A shard that cannot be opened or read to the end (named in the message)."""
-
-
-def iter_raw_samples(url: str) -> Iterator[dict]:
-    """Grouped raw members of one tar: ``{"__key__", "__url__", FIELD: bytes}``.
-
-    Errors while opening or reading become :class:`ShardReadError` naming the shard; samples
-    already yielded stay valid.
-    """
-    try:
-        stream = wds.gopen(url, "rb")
-    except Exception as e:   # noqa: BLE001 - any opener failure is a read failure of this shard
-        raise ShardReadError(f"{url}: cannot open shard ({type(e).__name__}: {e})") from None
-    try:
-        files = (dict(f, __url__=url) for f in tariterators.tar_file_iterator(stream))
-        for sample in tariterators.group_by_keys(files, lcase=False):
-            sample["__url__"] = url
-            yield sample
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise ShardReadError(f"{url}: shard unreadable ({type(e).__name__}: {e})") from None
-    finally:
-        try:
-            stream.close()
-        except Exception:  # noqa: BLE001 - closing a broken pipe must not mask the real error
-            pass
 
 
 # -- example construction ------------------------------------------------------------------
@@ -304,11 +201,12 @@ class _ResampledShards:
     def __init__(self, urls: list[str], rng: np.random.Generator, set_name: str):
         self.urls, self.rng, self.set_name = urls, rng, set_name
         self._it: Iterator[dict] | None = None
+        self._url = ""
         self.failed: list[dict] = []
 
     def _next_shard(self):
-        url = self.urls[int(self.rng.integers(len(self.urls)))]
-        self._it = iter_raw_samples(url)
+        self._url = self.urls[int(self.rng.integers(len(self.urls)))]
+        self._it = iter_shard(self._url)
 
     def __next__(self) -> dict:
         empty_streak = 0
@@ -320,9 +218,9 @@ class _ResampledShards:
             except StopIteration:
                 self._it = None
                 empty_streak += 1
-            except ShardReadError as e:
+            except ShardError as e:
                 log.warning("skipping rest of shard: %s", e)
-                self.failed.append({"shard": str(e).split(": ", 1)[0], "key": None, "reason": str(e)})
+                self.failed.append({"shard": self._url, "key": None, "reason": str(e)})
                 self._it = None
                 empty_streak += 1
             if empty_streak > 4 * len(self.urls) + 8:
@@ -399,7 +297,7 @@ def eval_examples(spec, data_cfg, seed: int, max_samples: int | None = None) -> 
     corrupt: list[dict] = []
     for url in resolve_shards(spec):
         try:
-            for raw in iter_raw_samples(url):
+            for raw in iter_shard(url):
                 if max_samples is not None and total >= max_samples:
                     break
                 i = total
@@ -415,7 +313,7 @@ def eval_examples(spec, data_cfg, seed: int, max_samples: int | None = None) -> 
                     continue
                 ex["corrupt"] = []
                 mine.append(ex)
-        except ShardReadError as e:
+        except ShardError as e:
             log.warning("eval shard skipped: %s", e)
             corrupt.append({"shard": url, "key": None, "reason": str(e)})
     per_rank = -(-total // world)
@@ -439,11 +337,11 @@ def _first_good_example(spec, cfg: ExampleConfig, seed: int) -> dict | None:
     """Padding for a rank that got no eval sample (more ranks than samples)."""
     for url in resolve_shards(spec):
         try:
-            for raw in iter_raw_samples(url):
+            for raw in iter_shard(url):
                 try:
                     return make_example(raw, cfg, _rng(seed, zlib.crc32(str(raw.get("__key__")).encode())))
                 except SampleError:
                     continue
-        except ShardReadError:
+        except ShardError:
             continue
     return None

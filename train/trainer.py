@@ -29,7 +29,9 @@ from tqdm import tqdm
 from mousefacelift import splat
 
 from . import checkpoint as ckpt
-from .data import eval_examples, make_train_loader, manifest_record
+from mousefacelift.shards import manifest_record
+
+from .data import eval_examples, make_train_loader
 from .evaluate import evaluate
 from .schedule import build_optimizer, build_scheduler
 

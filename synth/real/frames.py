@@ -92,7 +92,7 @@ def write_image_folder(folder: str | Path, frames, start: int = 0) -> list[Path]
     """Write frames as ``000000.png``... (atomically each), e.g. for a fake recording."""
     from PIL import Image
 
-    from synth.shards import atomic_write_bytes
+    from mousefacelift.shards import atomic_write_bytes
     import io
 
     folder = Path(folder)

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from mousefacelift.cameras import Camera, distort_normalized, undistort_normalized
-from mousefacelift.sample import SCHEMA, MultiViewSample
+from mousefacelift.shards import SCHEMA, MultiViewSample
 from mousefacelift.scene import depth_range_for
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mousefacelift.cameras import Camera, undistort_normalized
-from mousefacelift.sample import MultiViewSample
+from mousefacelift.shards import MultiViewSample
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch
 
 from mousefacelift.cameras import make_rig
 from mousefacelift.config import config_hash, configs_dir, to_container
-from mousefacelift.sample import SCHEMA
+from mousefacelift.shards import SCHEMA
 from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def compose_mouse(index: int, seed: int, model, cfg: Any) -> SceneSpec:
 def _appearance_api(cfg: Mapping | None):
     """``(rng, region_names) -> (materials {region: MaterialSpec}, meta dict)``; every region
     of the body model must get a material (a model with an unknown region fails clearly)."""
-    from synth.appearance import AppearanceSampler
+    from synth.mouse.appearance import AppearanceSampler
 
     sampler = AppearanceSampler(dict(cfg) if cfg else None)
 
@@ -211,7 +211,7 @@ def _appearance_api(cfg: Mapping | None):
 
 def _lighting_api(cfg: Mapping | None):
     """``rng -> (EnvironmentSpec, [AreaLightSpec], meta dict)``."""
-    from synth.lighting import LightingSampler
+    from synth.mouse.lighting import LightingSampler
 
     sampler = LightingSampler(dict(cfg) if cfg else None)
 

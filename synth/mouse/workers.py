@@ -126,7 +126,7 @@ def render_sample(composer, renderer, index: int, normals: bool, png_level: int,
     """Compose, render and encode one pose index -> WebDataset sample dict. ``timings``
     (if given) accumulates seconds per stage: compose, blender (Cycles' own render calls),
     readback (the backend's scene updates and pass conversion), encode."""
-    from mousefacelift.sample import MultiViewSample
+    from mousefacelift.shards import MultiViewSample
 
     t0 = time.perf_counter()
     scene = composer.compose(index)
@@ -159,7 +159,7 @@ def make_composer(cfg: Mapping):
             raise ValueError(f"composer {spec!r}: cannot import ({e}); expected 'module:factory'") from None
         return factory(cfg)
     from mousefacelift.body import load_body_model
-    from synth.compose import MouseComposer
+    from synth.mouse.compose import MouseComposer
 
     return MouseComposer(load_body_model(cfg["body_model"]), cfg)
 
@@ -187,7 +187,7 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
     try:
         import torch
 
-        from synth.shards import ShardError, ShardWriter
+        from mousefacelift.shards import ShardError, ShardWriter
 
         # Composing one pose is tiny torch work; intra-op threads would only spin against
         # Blender's render threads on the same cores (measured 10x slower sampling).

@@ -17,9 +17,7 @@ sidecar both exist and agree on the byte size (:func:`complete_shards`).
 Tar members are written with fixed metadata (mtime 0, uid/gid 0, no user names), so the
 same samples give byte-identical shards and sha256 on any machine.
 """
-from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import io
@@ -27,27 +25,23 @@ import json
 import logging
 import os
 import re
-import socket
 import tarfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
+
+from .atomic import (ShardError, _fsync_dir, _host_tag, _os_error, _tmp_name, _unlink_quiet, atomic_write_json)
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "mfl-manifest/1"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manifest.lock"
-TMP_MARK = ".tmp-"
 SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6,})\.tar$")
 _TMP_RE = re.compile(r"^(?P<target>.+)\.tmp-(?P<host>[^.]*)-(?P<pid>\d+)$")
 _HEADER_KEYS = ("source", "prefix", "samples_per_shard", "seed", "config", "config_hash", "generator")
-
-
-class ShardError(RuntimeError):
-    """A shard or output folder problem; the message names the file (and member) and what to do."""
 
 
 class ManifestMismatch(ShardError):
@@ -67,91 +61,6 @@ def sidecar_path(shard_path: str | Path) -> Path:
     """``mouse-000003.tar`` -> ``mouse-000003.json``."""
     p = Path(shard_path)
     return p.with_name(p.name[: -len(".tar")] + ".json") if p.name.endswith(".tar") else p.with_name(p.name + ".json")
-
-
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
-
-
-def _tmp_name(target: Path) -> Path:
-    """``NAME.tmp-<host>-<pid>``: unique per writer, and tells :func:`clean_stale_tmp` whose it is."""
-    return target.with_name(f"{target.name}{TMP_MARK}{_host_tag()}-{os.getpid()}")
-
-
-# -- atomic small files --------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary name + fsync + os.replace (never half-written)."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink_quiet(tmp)
-        raise _os_error(e, path) from None
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _unlink_quiet(p: Path) -> None:
-    try:
-        p.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as e:   # pragma: no cover - best effort cleanup
-        log.warning("could not remove %s: %s", p, e)
-
-
-def _os_error(e: OSError, path: Path) -> ShardError:
-    """Turn disk-full / permission errors into messages that say what happened and what is safe."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ShardError(f"disk full (or quota exceeded) while writing {path}: the unfinished file was removed, "
-                          "finished shards are intact; free space and re-run the same command to resume")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ShardError(f"cannot write {path}: {e.strerror}; choose a writable output folder (--out)")
-    return ShardError(f"writing {path} failed: {e}")
-
-
-def check_writable_dir(out_dir: str | Path) -> Path:
-    """Create ``out_dir`` if needed and prove it is writable (a probe file), else a clear ShardError."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ShardError(f"output path {out} exists and is not a folder") from None
-    except OSError as e:
-        raise _os_error(e, out) from None
-    if not out.is_dir():
-        raise ShardError(f"output path {out} exists and is not a folder")
-    probe = _tmp_name(out / ".write-probe")
-    try:
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-    except OSError as e:
-        raise _os_error(e, out) from None
-    finally:
-        _unlink_quiet(probe)
-    return out
-
 
 # -- writer --------------------------------------------------------------------------------
 @dataclass
@@ -412,7 +321,7 @@ def _load_manifest_file(path: Path) -> dict:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ShardError(f"{path} is not valid JSON ({e}); delete it and run "
-                         "`python -c \"from synth.shards import rebuild_manifest; rebuild_manifest('DIR')\"`") from None
+                         "`python -c \"from mousefacelift.shards import rebuild_manifest; rebuild_manifest('DIR')\"`") from None
     except OSError as e:
         raise ShardError(f"cannot read {path}: {e}") from None
     if not isinstance(m, dict) or m.get("schema") != MANIFEST_SCHEMA:
@@ -505,63 +414,19 @@ def clean_stale_tmp(out_dir: str | Path, stale_after_s: float = 2 * 3600) -> lis
     return removed
 
 
-# -- reading -------------------------------------------------------------------------------
-def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the samples of one shard as ``{"__key__": key, "__url__": path, FIELD: bytes}``.
-
-    Members of a sample are consecutive (WebDataset layout: key = name up to the first dot
-    of the base name). A truncated or corrupt tar raises ShardError naming the shard and the
-    member where reading stopped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ShardError(f"shard {path} not found")
-    current: dict[str, Any] | None = None
-    seen: set[str] = set()
-    last_member = "(start of file)"
-    try:
-        with tarfile.open(path, mode="r|") as tar:
-            for info in tar:
-                last_member = info.name
-                if not info.isfile():
-                    continue
-                base = info.name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    raise ShardError(f"shard {path}: member {info.name!r} has no KEY.FIELD name")
-                prefix = info.name[: len(info.name) - len(base)]
-                key, fname = base.split(".", 1)
-                key = prefix + key
-                f = tar.extractfile(info)
-                data = f.read() if f is not None else b""
-                if len(data) != info.size:
-                    raise ShardError(f"shard {path}: member {info.name!r} is truncated "
-                                     f"({len(data)} of {info.size} bytes)")
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    if key in seen:
-                        raise ShardError(f"shard {path}: members of sample {key!r} are not consecutive "
-                                         f"(member {info.name!r})")
-                    seen.add(key)
-                    current = {"__key__": key, "__url__": str(path)}
-                if fname in current:
-                    raise ShardError(f"shard {path}: duplicate member {info.name!r}")
-                current[fname] = data
-    except ShardError:
-        raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise ShardError(f"shard {path} is truncated or corrupt: reading stopped at/after member "
-                         f"{last_member!r} ({type(e).__name__}: {e}); delete it and re-run the "
-                         "generator to re-render it") from None
-    if current is not None:
-        yield current
-
-
-def shard_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
+def write_samples(out_dir: str | Path, samples, samples_per_shard: int = 2, prefix: str = "test",
+                  source: str | None = None, generator: str = "mousefacelift.shards.write_samples") -> dict:
+    """Write in-memory samples (objects with ``encode()``) as shards + manifest, ``samples_per_shard``
+    per shard, through :class:`ShardWriter`; returns the manifest. For programs that make a
+    whole small set at once (analytic fixtures, imports); renderers write shard by shard."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    samples = list(samples)
+    source = source or (samples[0].meta.get("source") if samples else "object")
+    header = {"source": source, "prefix": prefix, "samples_per_shard": samples_per_shard, "seed": 0,
+              "config": {"generator": generator}, "config_hash": hashlib.sha256(generator.encode()).hexdigest()[:16],
+              "generator": generator}
+    for k in range(0, len(samples), samples_per_shard):
+        with ShardWriter(out_dir, k // samples_per_shard, prefix=prefix, header=header) as w:
+            for s in samples[k:k + samples_per_shard]:
+                w.write(s.encode())
+    return read_manifest(out_dir)

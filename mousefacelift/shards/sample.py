@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
-from .cameras import Camera
+from ..cameras import Camera
 
 SCHEMA = "mfl-sample/1"
 SOURCES = ("mouse", "object", "real")
@@ -163,7 +163,7 @@ class MultiViewSample:
         """The decoded-sample dict of ARCHITECTURE §2 (torch tensors + meta)."""
         import torch
 
-        from .cameras import stack_cameras
+        from ..cameras import stack_cameras
 
         rgba = torch.from_numpy(self.rgba).permute(0, 3, 1, 2).float() / 255.0
         K, c2w = stack_cameras(self.cameras)

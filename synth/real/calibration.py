@@ -155,7 +155,7 @@ def calibration_to_dict(cal: Calibration) -> dict:
 
 def save_calibration(path: str | Path, cal: Calibration) -> None:
     """Write the OpenCV JSON/YAML layout above (atomically), e.g. to convert a DANNCE file."""
-    from synth.shards import atomic_write_bytes
+    from mousefacelift.shards import atomic_write_bytes
 
     path = Path(path)
     d = calibration_to_dict(cal)

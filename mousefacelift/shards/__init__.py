@@ -1,0 +1,28 @@
+"""The ``mfl-sample/1`` shard format: the only code that reads or writes shards.
+
+Renderers and importers write through :class:`ShardWriter` (or :func:`write_samples`), the
+training stream and the data tools read through :func:`iter_shard`, and a sample's members
+are encoded and decoded by :class:`MultiViewSample`. The schema is described in
+``docs/architecture.md``.
+
+- :mod:`.sample` — one sample in memory and its members (RGBA, depth, normals, arrays, meta);
+- :mod:`.store` — shard writing, sidecars, the lock-merged manifest, resume bookkeeping;
+- :mod:`.read` — the tar reader and shard-spec expansion;
+- :mod:`.atomic` — never-half-written files and the error type.
+"""
+from .atomic import ShardError, atomic_write_bytes, atomic_write_json, check_writable_dir
+from .read import REMOTE_PREFIXES, iter_shard, manifest_record, resolve_shards, shard_sha256
+from .sample import (DEPTH_LEVELS, SCHEMA, SOURCES, MultiViewSample, SampleError, decode_depth, decode_normal,
+                     encode_depth, encode_normal, group_members)
+from .store import (LOCK_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, SHARD_RE, ManifestMismatch, ShardRecord, ShardWriter,
+                    check_header, clean_stale_tmp, complete_shards, list_shards, manifest_lock, merge_into_manifest,
+                    read_manifest, rebuild_manifest, shard_name, sidecar_path, write_samples)
+
+__all__ = [
+    "DEPTH_LEVELS", "LOCK_NAME", "MANIFEST_NAME", "MANIFEST_SCHEMA", "REMOTE_PREFIXES", "SCHEMA", "SHARD_RE", "SOURCES",
+    "ManifestMismatch", "MultiViewSample", "SampleError", "ShardError", "ShardRecord", "ShardWriter",
+    "atomic_write_bytes", "atomic_write_json", "check_header", "check_writable_dir", "clean_stale_tmp",
+    "complete_shards", "decode_depth", "decode_normal", "encode_depth", "encode_normal", "group_members",
+    "iter_shard", "list_shards", "manifest_lock", "manifest_record", "merge_into_manifest", "read_manifest",
+    "rebuild_manifest", "resolve_shards", "shard_name", "shard_sha256", "sidecar_path", "write_samples",
+]

@@ -1,0 +1,107 @@
+"""Never half-written: atomic file writes, writable-folder checks and the shard error type.
+
+Every file the data engine publishes (shards, sidecars, manifests, calibrations, frames)
+goes through :func:`atomic_write_bytes`: a temporary name ``NAME.tmp-<host>-<pid>`` in the
+same folder, fsync, then ``os.replace``. The temporary name says which writer left it, so
+:func:`mousefacelift.shards.clean_stale_tmp` can remove those of dead writers.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TMP_MARK = ".tmp-"
+
+
+class ShardError(RuntimeError):
+    """A shard or output folder problem; the message names the file (and member) and what to do."""
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
+
+
+def _tmp_name(target: Path) -> Path:
+    """``NAME.tmp-<host>-<pid>``: unique per writer, and tells :func:`clean_stale_tmp` whose it is."""
+    return target.with_name(f"{target.name}{TMP_MARK}{_host_tag()}-{os.getpid()}")
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary name + fsync + os.replace (never half-written)."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quiet(tmp)
+        raise _os_error(e, path) from None
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _unlink_quiet(p: Path) -> None:
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:   # pragma: no cover - best effort cleanup
+        log.warning("could not remove %s: %s", p, e)
+
+
+def _os_error(e: OSError, path: Path) -> ShardError:
+    """Turn disk-full / permission errors into messages that say what happened and what is safe."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ShardError(f"disk full (or quota exceeded) while writing {path}: the unfinished file was removed, "
+                          "finished shards are intact; free space and re-run the same command to resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ShardError(f"cannot write {path}: {e.strerror}; choose a writable output folder (--out)")
+    return ShardError(f"writing {path} failed: {e}")
+
+
+def check_writable_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove it is writable (a probe file), else a clear ShardError."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ShardError(f"output path {out} exists and is not a folder") from None
+    except OSError as e:
+        raise _os_error(e, out) from None
+    if not out.is_dir():
+        raise ShardError(f"output path {out} exists and is not a folder")
+    probe = _tmp_name(out / ".write-probe")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+    except OSError as e:
+        raise _os_error(e, out) from None
+    finally:
+        _unlink_quiet(probe)
+    return out

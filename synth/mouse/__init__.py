@@ -1,0 +1,1 @@
+"""The synthetic mouse: pose, coat, lights and rig per pose index, and the render workers."""

@@ -1,0 +1,1 @@
+"""Objaverse-style objects for pretraining: procedural or from a folder of meshes."""

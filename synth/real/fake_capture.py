@@ -1,0 +1,412 @@
+"""A fake real recording with known truth: the proof of ``synth.ingest_real`` without videos.
+
+A procedural mouse (``mousefacelift.body``) walks a few steps through a calibrated rig (the
+real DANNCE 6-camera rig by default, optionally downscaled for CI). Per camera and frame:
+
+1. the mouse is rendered as an ideal pinhole at the calibrated fx, fy, cx, cy (off-centre
+   principal point) with transparent film — Blender (``renderer: blender``) or the numpy
+   z-buffer with Lambert shading (``renderer: raster``, no bpy needed) — on a canvas padded
+   so the lens distortion never pulls in pixels from outside it;
+2. an arena-like background is ray-cast analytically for the same camera: a textured floor
+   disc (z = 0, Z up), a low wall ring and a dim room beyond;
+3. mouse over arena is warped into the calibrated camera (skew + radial/tangential
+   distortion) by remapping, and a little sensor noise is added.
+
+Written out: ``frames/{camera}/NNNNNN.png``, ``masks/{camera}/NNNNNN.png`` (the true
+silhouettes), ``calibration.json`` (OpenCV layout, mm) and ``truth.json`` +
+``truth_vertices.npy`` / ``truth_faces.npy`` (mouse mesh per frame in mm), which
+:func:`check_round_trip` compares against what ``synth.ingest_real`` recovered.
+
+    python -m synth.fake_capture --calib label3d_dannce.mat --out /tmp/fake --downscale 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+import yaml
+
+from mousefacelift.cameras import Camera
+from mousefacelift.scene import AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for
+from synth.real.calibration import Calibration, load_calibration, save_calibration
+from synth.real.frames import write_image_folder
+from synth.real.normalize import Normalization, pinhole, pixels_to_normalized, rotation_to_z
+from mousefacelift.shards import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("synth.fake_capture")
+
+
+@dataclass
+class FakeCaptureConfig:
+    """Settings of the fake recording (defaults documented in configs/real/fake_capture.yaml)."""
+
+    frames: int = 6
+    downscale: int = 4                    # divide the rig's image size (1152x1024 -> 288x256); cameras follow exactly
+    seed: int = 0
+    renderer: str = "blender"             # blender | raster
+    quality: str = "preview"              # Blender quality preset
+    mouse_scale: float = 0.8              # uniform size of the procedural mouse (1 = 185 mm nose to tail tip)
+    arena_center_mm: tuple[float, float] = (56.0, 62.0)   # DANNCE markerless_mouse_1: mean of the labelled poses
+    path_radius_mm: float = 60.0          # the mouse walks on a circle this big around the arena centre
+    arena_radius_mm: float = 230.0        # textured floor disc
+    wall_height_mm: float = 25.0          # low wall ring at the floor's edge
+    checker_mm: float = 20.0              # floor tile size
+    noise_sigma: float = 1.5              # sensor noise (0..255 units)
+    canvas_pad: float = 0.12              # pinhole canvas margin, fraction of the image size
+    fur_color: tuple[float, float, float] = (0.03, 0.025, 0.02)
+    skin_color: tuple[float, float, float] = (0.85, 0.6, 0.55)
+    cube_fit: float = 0.9                 # the truth's scale: largest half-extent in the cube (as ingest's normalize.cube_fit)
+
+    def validate(self) -> None:
+        if self.renderer not in ("blender", "raster"):
+            raise ValueError(f"fake capture renderer: expected blender or raster, got {self.renderer!r}")
+        if self.frames < 1 or self.downscale < 1:
+            raise ValueError(f"fake capture: frames and downscale must be >= 1, got {self.frames}, {self.downscale}")
+
+
+# -- the mouse ----------------------------------------------------------------------------
+def _body_model():
+    try:
+        from mousefacelift.body import load_body_model   # the public entry point, once exported
+        return load_body_model("procedural")
+    except ImportError:
+        from mousefacelift.body.procedural import build_procedural_mouse
+        return build_procedural_mouse()
+
+
+def mouse_track(model, cfg: FakeCaptureConfig) -> list[np.ndarray]:
+    """Mouse vertices in mm (rig world) per frame: rest pose, walking along a circle."""
+    from mousefacelift.body import PoseParams
+
+    rng = np.random.default_rng(cfg.seed)
+    out = []
+    phase0 = rng.uniform(0, 2 * math.pi)
+    p = PoseParams.rest(model, batch=1)
+    rest = model.pose(p).vertices[0].detach().cpu().numpy().astype(np.float64) * model.mm_per_unit * cfg.mouse_scale
+    rest[:, :2] -= (rest[:, :2].min(0) + rest[:, :2].max(0)) / 2
+    for k in range(cfg.frames):
+        phase = phase0 + 2 * math.pi * k / max(cfg.frames, 1)
+        yaw = phase + math.pi / 2 + rng.normal(0, 0.2)           # heading roughly along the path
+        c, s = math.cos(yaw), math.sin(yaw)
+        R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+        pos = np.array([*cfg.arena_center_mm, 0.0]) + cfg.path_radius_mm * np.array([math.cos(phase), math.sin(phase), 0])
+        out.append(rest @ R.T + pos)
+    return out
+
+
+def truth_normalization(verts_mm: np.ndarray, up: np.ndarray, cube_fit: float) -> Normalization:
+    """The normalisation ingest should recover: box centre and largest half-extent of the mesh."""
+    R = rotation_to_z(up)
+    vr = verts_mm @ R.T
+    lo, hi = vr.min(0), vr.max(0)
+    return Normalization(center_mm=((lo + hi) / 2) @ R, mm_per_unit=float((hi - lo).max() / 2 / cube_fit), up_rotation=R)
+
+
+def _materials(model, cfg: FakeCaptureConfig) -> dict[str, MaterialSpec]:
+    mats = {}
+    for name in model.region_names:
+        if name == "fur":
+            mats[name] = MaterialSpec(base_color=cfg.fur_color, roughness=0.8, sheen=0.4, pattern="noise",
+                                      pattern_scale=0.05, pattern_strength=0.15)
+        elif name == "eye":
+            mats[name] = MaterialSpec(base_color=(0.02, 0.02, 0.02), roughness=0.1, coat=0.8)
+        else:
+            mats[name] = MaterialSpec(base_color=cfg.skin_color, roughness=0.5, subsurface=0.2)
+    return mats
+
+
+# -- rendering the mouse --------------------------------------------------------------------
+def _raster_views(verts: np.ndarray, faces: np.ndarray, face_region: np.ndarray, colors: np.ndarray,
+                  cams: Sequence[Camera]) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy z-buffer + Lambert shading (light from above the camera) -> rgba float, depth."""
+    from mousefacelift.meshraster import face_normals, rasterize
+
+    fn = face_normals(verts, faces)
+    rgba, depth = [], []
+    for cam in cams:
+        d, fid, mask = rasterize(verts, faces, cam.K, cam.w2c, cam.width, cam.height)
+        n_cam = fn @ cam.w2c[:3, :3].T
+        light = np.array([0.3, -0.6, -0.75])
+        light /= np.linalg.norm(light)
+        shade = 0.35 + 0.65 * np.clip(-(n_cam @ light), 0, 1)
+        img = np.zeros((cam.height, cam.width, 4))
+        f = fid[mask]
+        img[mask, :3] = colors[face_region[f]] * shade[f, None] * 255
+        img[mask, 3] = 255
+        rgba.append(img)
+        depth.append(d)
+    return np.stack(rgba), np.stack(depth)
+
+
+def render_mouse(verts_n: np.ndarray, model, cams_n: Sequence[Camera], cfg: FakeCaptureConfig,
+                 renderer=None) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA (float 0..255, straight alpha) and planar depth of the mouse for pinhole cameras
+    in the normalised truth frame."""
+    mats = _materials(model, cfg)
+    if cfg.renderer == "raster":
+        colors = np.array([mats[r].base_color for r in model.region_names])
+        return _raster_views(verts_n, np.asarray(model.faces), np.asarray(model.face_regions), colors, cams_n)
+    lo, hi = verts_n.min(0), verts_n.max(0)
+    scene = SceneSpec(meshes=[MeshSpec(vertices=verts_n.astype(np.float32), faces=np.asarray(model.faces),
+                                       face_region=np.asarray(model.face_regions), regions=list(model.region_names),
+                                       materials=mats)],
+                      cameras=depth_range_for(cams_n, lo, hi),
+                      environment=EnvironmentSpec(color=(0.55, 0.55, 0.55), strength=1.0),
+                      area_lights=[AreaLightSpec(position=(0.0, 0.0, 6.0), size=4.0, power_w=600.0)],
+                      key="fake_capture")
+    out = renderer.render(scene)
+    return out.rgba.astype(np.float64), out.depth
+
+
+# -- the arena ------------------------------------------------------------------------------
+def arena_background(cam_mm: Camera, cfg: FakeCaptureConfig, rng: np.random.Generator) -> np.ndarray:
+    """Ray-cast arena for the calibrated (distorted) camera: RGB float [H,W,3] 0..255."""
+    H, W = cam_mm.height, cam_mm.width
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    xn = pixels_to_normalized(cam_mm, np.stack([u.ravel(), v.ravel()], -1))
+    d_cam = np.concatenate([xn, np.ones((len(xn), 1))], 1)
+    d = d_cam @ cam_mm.w2c[:3, :3]                      # camera -> world directions (R^T d)
+    o = cam_mm.center
+    centre = np.array(cfg.arena_center_mm)
+    img = np.empty((len(d), 3))
+    # room: dim gradient with elevation
+    elev = d[:, 2] / np.linalg.norm(d, axis=1)
+    img[:] = (np.array([40.0, 42, 48]) + 30 * elev[:, None])
+    # low wall: cylinder radius R around the arena centre, 0 <= z <= wall height (inner face)
+    dx, dy = d[:, 0], d[:, 1]
+    ox, oy = o[0] - centre[0], o[1] - centre[1]
+    a = dx * dx + dy * dy
+    b = 2 * (ox * dx + oy * dy)
+    c = ox * ox + oy * oy - cfg.arena_radius_mm ** 2
+    disc = b * b - 4 * a * c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_far = (-b + np.sqrt(np.maximum(disc, 0))) / (2 * a)
+        t_near = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+    for t in (t_far, t_near):
+        z = o[2] + t * d[:, 2]
+        hit = (disc > 0) & (t > 0) & (z >= 0) & (z <= cfg.wall_height_mm)
+        ang = np.arctan2(o[1] + t * dy - centre[1], o[0] + t * dx - centre[0])
+        stripe = (np.floor(ang / (2 * math.pi) * 72) % 2)[:, None]
+        img[hit] = (np.array([150.0, 155, 165]) + 25 * stripe)[hit]
+    # floor: z = 0 inside the disc, checker tiles with per-tile tint and fine grain
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = -o[2] / d[:, 2]
+    p = o[None, :2] + t[:, None] * d[:, :2]
+    on = (d[:, 2] < 0) & (np.linalg.norm(p - centre, axis=1) <= cfg.arena_radius_mm)
+    ti = np.floor(p[on] / cfg.checker_mm).astype(np.int64)
+    tint = rng.uniform(-18, 18, size=(64, 64))[ti[:, 0] % 64, ti[:, 1] % 64]
+    check = ((ti[:, 0] + ti[:, 1]) % 2)[:, None]
+    grain = 8 * np.sin(p[on, 0] * 0.9) * np.sin(p[on, 1] * 1.3)
+    img[on] = np.array([200.0, 190, 170]) - 55 * check + (tint + grain)[:, None]
+    return np.clip(img, 0, 255).reshape(H, W, 3)
+
+
+def distort_into(image: np.ndarray, pin: Camera, real: Camera) -> np.ndarray:
+    """Warp an ideal-pinhole image (camera ``pin``) into the calibrated camera ``real``
+    (skew + distortion): every real pixel centre is undistorted and looked up in ``pin``.
+    Only intrinsics matter: both must be the same physical camera (extrinsics may differ by
+    the world frame they are written in)."""
+    H, W = real.height, real.width
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    xn = pixels_to_normalized(real, np.stack([u.ravel(), v.ravel()], -1))
+    uv = xn @ pin.K[:2, :2].T + pin.K[:2, 2]
+    coords = np.stack([uv[:, 1] - 0.5, uv[:, 0] - 0.5])
+    img = image if image.ndim == 3 else image[..., None]
+    out = [ndimage.map_coordinates(img[..., ch].astype(np.float32), coords, order=1, mode="constant", cval=0.0)
+           for ch in range(img.shape[-1])]
+    return np.stack(out, -1).reshape(H, W, -1)
+
+
+# -- the whole recording --------------------------------------------------------------------
+def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCaptureConfig) -> dict:
+    """Write the fake recording (see module docstring) and return its truth."""
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cams_mm = calibration.cameras_mm()
+    if cfg.downscale > 1:
+        cams_mm = [c.resized(c.width // cfg.downscale, c.height // cfg.downscale) for c in cams_mm]
+    model = _body_model()
+    track = mouse_track(model, cfg)
+    rng = np.random.default_rng(cfg.seed + 1)
+    backgrounds = [arena_background(c, cfg, rng) for c in cams_mm]
+    renderer = None
+    if cfg.renderer == "blender":
+        from blender.backend import BlenderRenderer
+
+        renderer = BlenderRenderer(quality=cfg.quality, device="cpu")
+    frames = {c.name: [] for c in cams_mm}
+    masks = {c.name: [] for c in cams_mm}
+    truths = []
+    try:
+        for k, verts_mm in enumerate(track):
+            tn = truth_normalization(verts_mm, calibration.up, cfg.cube_fit)
+            verts_n = tn.points_to_norm(verts_mm)
+            pins = []
+            for c in cams_mm:
+                pad = int(round(cfg.canvas_pad * max(c.width, c.height)))
+                pins.append(tn.camera(pinhole(c)).cropped(-pad, -pad, c.width + 2 * pad, c.height + 2 * pad))
+            rgba, _ = render_mouse(verts_n, model, pins, cfg, renderer)
+            for cam, pin, img, bg in zip(cams_mm, pins, rgba, backgrounds):
+                warped = distort_into(img, pin, cam)
+                a = np.clip(warped[..., 3:4] / 255.0, 0, 1)
+                comp = warped[..., :3] * a + bg * (1 - a)      # straight alpha over the arena
+                comp += rng.normal(0, cfg.noise_sigma, size=comp.shape)
+                frames[cam.name].append(np.clip(np.rint(comp), 0, 255).astype(np.uint8))
+                masks[cam.name].append(((a[..., 0] > 0.5) * 255).astype(np.uint8))
+            truths.append({"frame": k, "center_mm": tn.center_mm.tolist(), "mm_per_unit": tn.mm_per_unit})
+            log.info("fake frame %d/%d rendered (%s)", k + 1, len(track), cfg.renderer)
+    finally:
+        if renderer is not None:
+            renderer.close()
+    for c in cams_mm:
+        write_image_folder(out / "frames" / c.name, frames[c.name])
+        write_image_folder(out / "masks" / c.name, masks[c.name])
+    save_calibration(out / "calibration.json", Calibration(cameras=cams_mm, units="mm", up=calibration.up))
+    _save_npy(out / "truth_vertices.npy", np.stack(track).astype(np.float32))
+    _save_npy(out / "truth_faces.npy", np.asarray(model.faces, dtype=np.int64))
+    truth = {"frames": truths, "cameras": [c.name for c in cams_mm], "config": _cfg_meta(cfg),
+             "calibration": str(calibration.path)}
+    atomic_write_json(out / "truth.json", truth)
+    return truth
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _cfg_meta(cfg: FakeCaptureConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+# -- the check ------------------------------------------------------------------------------
+def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], thresholds=None) -> dict:
+    """Compare ingested samples with the truth of a fake capture.
+
+    Per frame: origin error (mm), scale error (%), camera reprojection error (px: truth mesh
+    points through the original calibrated camera, then undistorted and mapped through the
+    recorded crop, versus the same points through the ingested camera), alpha/silhouette IoU
+    against the truth mesh rasterised with the ingested cameras, and ``synth.verify``'s
+    cross-view check on the sample with the truth depth rendered for the same crops
+    (``thresholds``: a ``synth.geometry_checks.Thresholds``, default verify's own).
+    """
+    from mousefacelift.meshraster import rasterize
+    from mousefacelift.shards import MultiViewSample
+    from synth.tools import geometry_checks as gc
+    from mousefacelift.shards import iter_shard, list_shards
+    from synth.tools.verify import SampleResult, check_geometry
+
+    cap = Path(capture_dir)
+    truth = json.loads((cap / "truth.json").read_text())
+    verts_all = np.load(cap / "truth_vertices.npy", allow_pickle=False).astype(np.float64)
+    faces = np.load(cap / "truth_faces.npy", allow_pickle=False)
+    cal = load_calibration(cap / "calibration.json")
+    cams_mm = {c.name: c for c in cal.cameras_mm()}
+    rows = []
+    for d in shard_dirs:
+        for shard in list_shards(d):
+            for fields in iter_shard(shard):
+                s = MultiViewSample.decode(fields, where=str(shard))
+                k = int(s.meta["frame"])
+                t = truth["frames"][k]
+                nm = s.meta["normalization"]
+                est = Normalization(center_mm=np.asarray(nm["center_mm"]), mm_per_unit=float(nm["mm_per_unit"]),
+                                    up_rotation=np.asarray(nm["up_rotation"]))
+                verts_mm = verts_all[k]
+                pts_mm = verts_mm[:: max(1, len(verts_mm) // 500)]
+                reproj, ious, depth = [], [], []
+                verts_n = est.points_to_norm(verts_mm)
+                for cam, crop, rgba in zip(s.cameras, s.meta["crops"], s.rgba):
+                    orig = cams_mm[cam.name]
+                    uv_d, _ = orig.project(pts_mm)
+                    pin = pinhole(orig)
+                    uv_p = pixels_to_normalized(orig, uv_d) @ pin.K[:2, :2].T + pin.K[:2, 2]
+                    scale = cam.width / crop["side"]
+                    uv_expect = (uv_p - [crop["x0"], crop["y0"]]) * scale
+                    uv_got, _ = cam.project(est.points_to_norm(pts_mm))
+                    reproj.append(float(np.median(np.linalg.norm(uv_got - uv_expect, axis=1))))
+                    z, _, m = rasterize(verts_n, faces, cam.K, cam.w2c, cam.width, cam.height)
+                    ious.append(gc.iou(m, rgba[..., 3] >= 128))
+                    near, far = cam.depth_range
+                    depth.append(np.where((z >= near) & (z <= far), z, 0.0).astype(np.float32))
+                with_depth = replace(s, depth=np.stack(depth))
+                res = SampleResult(key=s.key, shard=str(shard))
+                check_geometry(with_depth, res, thresholds or gc.Thresholds(), gc.ConsistencyConfig(), mesh_iou=False)
+                rows.append({"key": s.key, "frame": k,
+                             "origin_err_mm": float(np.linalg.norm(est.center_mm - np.asarray(t["center_mm"]))),
+                             "scale_err_pct": 100.0 * (est.mm_per_unit / t["mm_per_unit"] - 1.0),
+                             "camera_reproj_px": max(reproj), "alpha_iou_min": float(min(ious)),
+                             "verify_problems": list(res.problems),
+                             "verify_reproj_px_median": (res.consistency or {}).get("reproj_px_median"),
+                             "verify_depth_alpha_iou_min": (res.consistency or {}).get("depth_alpha_iou_min")})
+    if not rows:
+        raise ValueError(f"no ingested samples found in {[str(d) for d in shard_dirs]}")
+    summary = {"samples": len(rows),
+               "origin_err_mm_max": max(r["origin_err_mm"] for r in rows),
+               "origin_err_mm_mean": float(np.mean([r["origin_err_mm"] for r in rows])),
+               "scale_err_pct_max_abs": max(abs(r["scale_err_pct"]) for r in rows),
+               "scale_err_pct_mean": float(np.mean([r["scale_err_pct"] for r in rows])),
+               "camera_reproj_px_max": max(r["camera_reproj_px"] for r in rows),
+               "alpha_iou_min": min(r["alpha_iou_min"] for r in rows),
+               "verify_failures": sum(bool(r["verify_problems"]) for r in rows)}
+    return {"summary": summary, "samples": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m synth.fake_capture", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calib", required=True, help="rig calibration (.mat DANNCE or OpenCV .json/.yaml)")
+    ap.add_argument("--out", required=True, help="output folder of the fake recording")
+    ap.add_argument("--units", default=None, help="expected calibration units (asserted against the file)")
+    ap.add_argument("--frames", type=int, default=None)
+    ap.add_argument("--downscale", type=int, default=None)
+    ap.add_argument("--renderer", choices=("blender", "raster"), default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--check", nargs="*", default=None, metavar="SHARD_DIR",
+                    help="instead of making a recording, compare ingested shard folders with --out's truth")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="any key of configs/real/fake_capture.yaml, e.g. path_radius_mm=75")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.check is not None:
+        rep = check_round_trip(args.out, args.check)
+        print(json.dumps(rep["summary"], indent=1))
+        return 0 if rep["summary"]["verify_failures"] == 0 else 1
+    cfg = load_fake_config()
+    for kv in args.overrides:
+        key, eq, value = kv.partition("=")
+        if not eq or key not in FakeCaptureConfig.__dataclass_fields__:
+            ap.error(f"override {kv!r}: expected KEY=VALUE with KEY one of {sorted(FakeCaptureConfig.__dataclass_fields__)}")
+        v = yaml.safe_load(value)
+        setattr(cfg, key, tuple(v) if isinstance(v, list) else v)
+    for k in ("frames", "downscale", "renderer", "seed"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    make_fake_capture(args.out, load_calibration(args.calib, units=args.units), cfg)
+    print(f"fake recording written to {args.out}")
+    return 0
+
+
+def load_fake_config(path: str | Path | None = None) -> FakeCaptureConfig:
+    """configs/real/fake_capture.yaml (or ``path``) -> FakeCaptureConfig; unknown keys are errors."""
+    import yaml
+
+    from mousefacelift.config import configs_dir
+
+    p = Path(path) if path else configs_dir() / "real" / "fake_capture.yaml"
+    d = yaml.safe_load(p.read_text()) or {}
+    known = set(FakeCaptureConfig.__dataclass_fields__)
+    bad = sorted(set(d) - known)
+    if bad:
+        raise ValueError(f"{p}: unknown keys {bad}; expected some of {sorted(known)}")
+    return FakeCaptureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -1,0 +1,226 @@
+"""`python -m synth.ingest_real`: a calibrated multi-camera recording -> ``source=real`` shards.
+
+    python -m synth.ingest_real --calib label3d_dannce.mat --videos cam1.mp4 ... cam6.mp4 --out shards/real
+    python -m synth.ingest_real --calib cams.yaml --frames rec/frames --masks rec/masks --out shards/real \
+        normalize.size=512 frames.step=5
+
+``--videos``/``--frames``/``--masks`` take one path per camera in calibration order, or a
+single folder holding one entry per camera named after it (``Camera1/``, ``Camera1.mp4``).
+Without ``--masks`` the mouse is found by per-camera median background subtraction.
+
+Output: ``OUT/{train,val,test}/real-{k:06d}.tar`` + manifest.json per split (synth.shards:
+atomic, resumable — shards already complete with the same config are not redone). Frame
+sets that cannot be normalised (no mouse, masks that disagree) are skipped with the reason
+in the manifest. See synth/real.py for the normalisation.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from mousefacelift.config import config_hash, configs_dir, to_container
+from synth.real.calibration import Calibration, load_calibration
+from synth.real.frames import FrameSource, rgb
+from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
+from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_frame_set
+from mousefacelift.shards import ShardWriter, check_writable_dir, complete_shards
+
+log = logging.getLogger("synth.ingest_real")
+GENERATOR = {"name": "synth.ingest_real", "version": 1}
+
+
+def _dataclass_from(cls, d: dict | None, where: str):
+    d = dict(d or {})
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(d) - known)
+    if bad:
+        raise ValueError(f"{where}: unknown keys {bad}; expected some of {sorted(known)}")
+    return cls(**d)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
+    """configs/real/ingest.yaml (or ``path``) merged with ``key=value`` overrides -> plain dict."""
+    p = Path(path) if path else configs_dir() / "real" / "ingest.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(f"ingest config not found: {p}")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must be key=value, got {bad}")
+    cfg = OmegaConf.merge(OmegaConf.load(p), OmegaConf.from_dotlist(list(overrides)))
+    return to_container(cfg)
+
+
+def resolve_inputs(spec: Sequence[str] | None, cameras: Sequence[str], what: str) -> list[Path] | None:
+    """One path per camera: a list in calibration order, or one folder with an entry per camera name."""
+    if not spec:
+        return None
+    paths = [Path(s) for s in spec]
+    if len(paths) == len(cameras):
+        return paths
+    if len(paths) == 1 and paths[0].is_dir():
+        entries = {e.stem if e.is_file() else e.name: e for e in paths[0].iterdir()}
+        missing = [c for c in cameras if c not in entries]
+        if not missing:
+            return [entries[c] for c in cameras]
+        raise ValueError(f"--{what} {paths[0]}: no entry for cameras {missing} (have {sorted(entries)}); expected one "
+                         "sub-folder or file per camera, named as in the calibration")
+    raise ValueError(f"--{what}: got {len(paths)} paths for {len(cameras)} cameras ({list(cameras)}); give one per camera "
+                     "in calibration order, or one folder with an entry per camera")
+
+
+def split_frames(frames: Sequence[int], splits: dict, gap: int) -> dict[str, list[int]]:
+    """Temporal split of the selected frames by fractions of their range; drops frames within
+    ``gap`` selected frames of a boundary."""
+    n = len(frames)
+    out: dict[str, list[int]] = {}
+    for name, (lo, hi) in splits.items():
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"splits.{name}: expected 0 <= from <= to <= 1, got [{lo}, {hi}]")
+        a, b = int(round(lo * n)), int(round(hi * n))
+        if a > 0:
+            a += gap
+        if b < n:
+            b -= gap
+        out[name] = list(frames[a:max(a, b)])
+    seen: dict[int, str] = {}
+    for name, fr in out.items():
+        for f in fr:
+            if f in seen:
+                raise ValueError(f"splits {seen[f]!r} and {name!r} overlap (frame {f})")
+            seen[f] = name
+    return out
+
+
+class MaskProvider:
+    """Per-camera masks: thresholded given masks, or background subtraction against a
+    median background computed once per camera."""
+
+    def __init__(self, sources: list[FrameSource], given: list[FrameSource] | None, cfg: MaskConfig):
+        self.sources, self.given, self.cfg = sources, given, cfg
+        self.backgrounds: list[np.ndarray | None] = [None] * len(sources)
+
+    def background(self, i: int) -> np.ndarray:
+        if self.backgrounds[i] is None:
+            src = self.sources[i]
+            idx = np.unique(np.linspace(0, len(src) - 1, min(len(src), self.cfg.background_frames)).round().astype(int))
+            log.info("camera %d: median background from %d frames of %s", i, len(idx), src.path)
+            self.backgrounds[i] = median_background([rgb(src[j]) for j in idx])
+        return self.backgrounds[i]
+
+    def __call__(self, i: int, frame_index: int, frame: np.ndarray) -> np.ndarray:
+        if self.given is not None:
+            return threshold_mask(self.given[i][frame_index], self.cfg.given_threshold)
+        return subtract_background(frame, self.background(i), self.cfg)
+
+
+def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: dict,
+           mask_paths: list[Path] | None = None) -> dict:
+    """Ingest a recording; returns {split: {"written": n, "skipped": n, "shards": n}}."""
+    norm_cfg = _dataclass_from(NormalizeConfig, cfg.get("normalize"), "config normalize")
+    mask_cfg = _dataclass_from(MaskConfig, cfg.get("masks"), "config masks")
+    cams = calibration.cameras_mm()
+    if len(frame_paths) != len(cams):
+        raise ValueError(f"{len(frame_paths)} frame sources for {len(cams)} calibrated cameras")
+    sources = [FrameSource(p) for p in frame_paths]
+    given = [FrameSource(p) for p in mask_paths] if mask_paths else None
+    n = min(len(s) for s in sources + (given or []))
+    if len({len(s) for s in sources}) > 1:
+        log.warning("cameras have different frame counts %s; using the first %d", [len(s) for s in sources], n)
+    fr = cfg.get("frames") or {}
+    stop = n if fr.get("stop") is None else min(int(fr["stop"]), n)
+    selected = list(range(int(fr.get("start", 0)), stop, int(fr.get("step", 1))))
+    if not selected:
+        raise ValueError(f"no frames selected: frames.start={fr.get('start')} stop={stop} step={fr.get('step')} "
+                         f"of a {n}-frame recording")
+    splits = split_frames(selected, cfg["splits"], int(cfg.get("split_gap_frames", 0)))
+    masks = MaskProvider(sources, given, mask_cfg)
+    hashed = {k: v for k, v in cfg.items() if k != "run"}
+    chash = config_hash(hashed)
+    S = int(cfg["samples_per_shard"])
+    prefix = str(cfg["prefix"])
+    header = {"source": "real", "prefix": prefix, "samples_per_shard": S, "seed": 0, "config": hashed,
+              "config_hash": chash, "generator": GENERATOR}
+    report = {}
+    for split, frames in splits.items():
+        out = check_writable_dir(Path(out_dir) / split)
+        done = complete_shards(out, prefix=prefix, config_hash=chash)
+        n_shards = (len(frames) + S - 1) // S
+        written = skipped = 0
+        for k in tqdm(range(n_shards), desc=f"ingest {split}", unit="shard", disable=n_shards < 2):
+            if k in done:
+                log.info("%s shard %d already complete, skipped (resume)", split, k)
+                continue
+            with ShardWriter(out, k, prefix=prefix, header={**header, "split": split}) as w:
+                for f in frames[k * S:(k + 1) * S]:
+                    try:
+                        sample = _frame_sample(f, split, sources, masks, cams, calibration, norm_cfg, chash)
+                    except ValueError as e:
+                        w.skip(f, str(e))
+                        skipped += 1
+                        log.warning("frame %d skipped: %s", f, e)
+                        continue
+                    w.write(sample.encode())
+                    written += 1
+        report[split] = {"frames": len(frames), "written": written, "skipped": skipped, "shards": n_shards}
+        log.info("%s: %d frames -> %d samples written, %d skipped, %d shards in %s", split, len(frames), written,
+                 skipped, n_shards, out)
+    return report
+
+
+def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibration: Calibration,
+                  norm_cfg: NormalizeConfig, chash: str):
+    frames = [rgb(s[f]) for s in sources]
+    ms = [masks(i, f, fr) for i, fr in enumerate(frames)]
+    views, norm, diag = normalize_frame_set(frames, ms, cams, calibration.up, norm_cfg)
+    meta = {"index": int(f), "frame": int(f), "split": split, "seed": 0, "generator": GENERATOR, "config_hash": chash,
+            "calibration": calibration.path, "calibration_units": calibration.units,
+            "mask_source": "given" if masks.given is not None else "background_subtraction",
+            "cameras": [c.name for c in cams]}
+    return build_real_sample(f"real_{f:09d}", views, norm, diag, meta)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m synth.ingest_real", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--calib", required=True, help="label3d_dannce.mat, or OpenCV cams.json / cams.yaml")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", nargs="+", help="one video per camera (or one folder of them)")
+    src.add_argument("--frames", nargs="+", help="one image folder per camera (or one folder of them)")
+    ap.add_argument("--masks", nargs="+", help="given masks: one video/image folder per camera (or one folder of them)")
+    ap.add_argument("--out", default=None, help="output folder (split sub-folders are created); default run.out")
+    ap.add_argument("--units", default=None, help="expected calibration units, asserted against the file (mm|cm|m)")
+    ap.add_argument("--config", default=None, help="config file (default configs/real/ingest.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides (normalize.size=512 frames.step=5 ...)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        units = args.units or cfg.get("units")
+        cal = load_calibration(args.calib, units=units)
+        names = [c.name for c in cal.cameras]
+        frame_paths = resolve_inputs(args.videos or args.frames, names, "videos" if args.videos else "frames")
+        mask_paths = resolve_inputs(args.masks, names, "masks")
+        out = args.out or cfg.get("run", {}).get("out", "shards/real")
+        t0 = time.perf_counter()
+        report = ingest(cal, frame_paths, out, cfg, mask_paths)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, r in report.items():
+        print(f"{split:6s} {r['frames']:6d} frames  {r['written']:6d} written  {r['skipped']:5d} skipped  "
+              f"{r['shards']:4d} shards")
+    print(f"done in {time.perf_counter() - t0:.1f}s -> {out}")
+    return 0

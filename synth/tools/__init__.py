@@ -1,0 +1,1 @@
+"""Tools that look at shards: verify, inspect, export, pose sheets."""
