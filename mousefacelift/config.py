@@ -10,15 +10,19 @@ The folder is ``$MOUSEFACELIFT_CONFIGS`` when set, else ``configs/`` at the repo
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 CONFIGS_ENV = "MOUSEFACELIFT_CONFIGS"
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -91,3 +95,108 @@ def canonical_json(obj: Any) -> str:
 def config_hash(cfg: Any, length: int = 16) -> str:
     """Stable short sha256 of the canonical JSON of ``cfg`` (same config -> same hash on any machine)."""
     return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:length]
+
+
+def plain(cfg: Any) -> Any:
+    """A DictConfig/ListConfig as plain dicts and lists (resolved); anything else unchanged."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def typed(cls: type[T], cfg: Any, where: str) -> T:
+    """The one way from a config mapping (dict, DictConfig or None) to the dataclass ``cls``.
+
+    Unknown keys are an error naming ``where``, the keys and the known ones; keys left out take
+    the dataclass's own defaults, and a field without a default must be given. Values are
+    converted to the field's declared type (int, float, str, bool, tuples of those, optional
+    variants, nested dataclasses), and a value that does not convert is an error naming the
+    field, the value and the type expected. ``cfg`` may already be a ``cls``.
+    """
+    if isinstance(cfg, cls):
+        return cfg
+    cfg = plain(cfg)
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(cfg).__name__} {cfg!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    missing = sorted(n for n, f in known.items() if n not in cfg and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing} of {cls.__name__}")
+    values = {}
+    for name, value in cfg.items():
+        try:
+            values[name] = _convert(value, hints[name], f"{where}.{name}")
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{where}.{name}: {value!r} is not a valid {_type_name(hints[name])}") from None
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for a in options:
+            try:
+                return _convert(value, a, where)
+            except (TypeError, ValueError) as e:
+                errors.append(e)
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return typed(tp, value, where)
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {value!r} is not a list (expected {_type_name(tp)})")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        conv = [_convert(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(conv) if origin is tuple else conv
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: {value!r} is not a mapping")
+        return dict(value)
+    if typing.get_origin(tp) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {value!r} is not true or false")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: {value!r} is not a whole number")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {value!r} is not a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {value!r} is not a string")
+        return value
+    return value
