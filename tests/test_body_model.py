@@ -117,6 +117,24 @@ def test_pose_array_round_trip_reproduces_mesh_exactly(model):
         PoseParams.from_array(model, arr[:, :-1])
 
 
+def test_posing_a_row_does_not_depend_on_its_batch(model):
+    # 64 rows: past the size where a CPU bmm over 3*B rows stops using its own loop and calls BLAS
+    g = torch.Generator().manual_seed(1)
+    p = PoseParams.rest(model, batch=64)
+    p.joint_rot = 0.3 * torch.randn(p.joint_rot.shape, generator=g)
+    p.global_orient = torch.randn(64, 3, generator=g)
+    p.bone_scale = 1 + 0.05 * torch.randn(p.bone_scale.shape, generator=g)
+    p.girth = 1 + 0.1 * torch.rand(64, 1, generator=g)
+    for use_smplx in (True, False):
+        posed, A = model.skinning_transforms(p, use_smplx=use_smplx)
+        for i in (0, 37, 63):
+            pi, Ai = model.skinning_transforms(p.index(slice(i, i + 1)), use_smplx=use_smplx)
+            assert torch.equal(posed[i:i + 1], pi) and torch.equal(A[i:i + 1], Ai), (use_smplx, i)
+    whole = model.pose(p.index(slice(0, 48)))
+    one = model.pose(p.index(slice(40, 41)))
+    assert torch.equal(whole.vertices[40:41], one.vertices) and torch.equal(whole.keypoints[40:41], one.keypoints)
+
+
 def test_posing_is_differentiable_and_global_transform_applies(procedural):
     m = procedural
     p = PoseParams.rest(m)

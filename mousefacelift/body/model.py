@@ -87,6 +87,15 @@ def anatomical_frames(joints: np.ndarray, parents: np.ndarray) -> np.ndarray:
     return frames
 
 
+def _rotate_rest(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-joint matrix-vector product R[b,j] @ x[j] ([B,J,3,3], [J,3] -> [B,J,3]), summed as
+    ((0 + R0 x0) + R1 x1) + R2 x2 in every element whatever B is. An einsum here becomes a bmm
+    over joints with 3B rows, and the CPU bmm switches from its own loop to BLAS (a different
+    summation) once the batch is large enough, so a pose's result would depend on its batch.
+    This order is the one the small-batch bmm loop uses, so results for small batches are unchanged."""
+    return ((0.0 + R[..., 0] * x[:, 0, None]) + R[..., 1] * x[:, 1, None]) + R[..., 2] * x[:, 2, None]
+
+
 @dataclass
 class PoseOutput:
     """Posed geometry in model units, project world frame."""
@@ -347,12 +356,12 @@ class BodyModel:
         else:
             posed, R = self._rigid_transform_levels(r, joints_scaled)
         # vertices are bound at the unscaled rest joints: t = posed - R @ J_rest
-        t = posed - torch.einsum("bjac,jc->bja", R, b["rest_joints"])
+        t = posed - _rotate_rest(R, b["rest_joints"])
         # girth: scale across the bone about the rest joint, for trunk joints only
         g = (params.girth.reshape(B, 1, 1, 1) - 1) * b["girth_mask"][None, :, None, None]
         M = eye + g * b["perp"][None]                                     # [B,J,3,3]
         RM = R @ M
-        t = t + torch.einsum("bjac,jc->bja", R - RM, b["rest_joints"])
+        t = t + _rotate_rest(R - RM, b["rest_joints"])
         return posed, torch.cat([RM, t[..., None]], dim=-1)
 
     def _apply_global(self, x: torch.Tensor, params: PoseParams) -> torch.Tensor:
