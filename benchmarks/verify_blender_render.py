@@ -1,7 +1,7 @@
 """Cross-view consistency of real Blender renders, measured by synth.verify.
 
-    python benchmarks/verify_blender_render.py --poses 2 --size 128 --out /tmp/mfl_blender_verify
-    python -m synth.verify /tmp/mfl_blender_verify
+    python benchmarks/verify_blender_render.py --poses 2 --size 128 --out OUT
+    python -m synth.verify OUT
 
 Why this exists beside `python -m synth.render`: it renders the procedural mouse through
 the Blender backend with plain per-region materials and a flat world, so the geometry

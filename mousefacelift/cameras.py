@@ -1,4 +1,4 @@
-"""Cameras, rigs and rays: the project's one camera convention (ARCHITECTURE §3).
+"""Cameras, rigs and rays: the project's one camera convention (docs/architecture.md §3).
 
 Convention, used everywhere and converted only at the edges (Blender, calibration files,
 FaceLift JSON):
@@ -137,7 +137,7 @@ class Camera:
         return replace(self, K=K, width=width, height=height)
 
     def to_meta(self) -> dict:
-        """The per-view entry of ``meta.json`` (ARCHITECTURE §2)."""
+        """The per-view entry of ``meta.json`` (docs/architecture.md §2)."""
         d = {
             "name": self.name,
             "width": self.width,

@@ -3,7 +3,7 @@
 Why it exists: pose contact sheets and the alpha-vs-projected-mesh check in synth.verify
 need "which face is visible at each pixel, at what depth" without Blender or a GPU.
 
-Camera convention is the project's (ARCHITECTURE §3): OpenCV pinhole, x right, y down,
+Camera convention is the project's (docs/architecture.md §3): OpenCV pinhole, x right, y down,
 z forward; ``w2c`` maps world to camera; pixel (u, v) covers [u, u+1) x [v, v+1) and is
 sampled at its centre (u + 0.5, v + 0.5). Depth is planar camera z (not ray length),
 interpolated perspective-correctly. Triangles with any vertex at z <= ``near`` are

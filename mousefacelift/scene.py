@@ -3,7 +3,7 @@
 Everything that can be decided without Blender (pose, mesh, materials, lights, cameras,
 depth ranges) is decided before this object exists, so it is reproducible from the seed
 alone and testable without bpy. ``blender/`` turns a SceneSpec into images; nothing in it
-refers to Blender. Mesh coordinates are project world units (ARCHITECTURE §3).
+refers to Blender. Mesh coordinates are project world units (docs/architecture.md §3).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MultiViewSample and its shard encoding: the mfl-sample/1 data contract (ARCHITECTURE §2).
+"""MultiViewSample and its shard encoding: the mfl-sample/1 data contract (docs/architecture.md §2).
 
 One sample = one subject seen from V views. In a WebDataset tar it is a set of members
 ``KEY.FIELD``: ``meta.json``, ``{vv}.rgba.png``, ``{vv}.depth.png``, optional
@@ -160,7 +160,7 @@ class MultiViewSample:
             raise SampleError(f"{where}: {e}" if where else str(e)) from None
 
     def to_tensors(self) -> dict[str, Any]:
-        """The decoded-sample dict of ARCHITECTURE §2 (torch tensors + meta)."""
+        """The decoded-sample dict of docs/architecture.md §2 (torch tensors + meta)."""
         import torch
 
         from ..cameras import stack_cameras

@@ -1,6 +1,6 @@
 """WebDataset shards: atomic writer, per-shard sidecars, a lock-merged manifest, readers.
 
-Layout of an output folder (ARCHITECTURE §2)::
+Layout of an output folder (docs/architecture.md §2)::
 
     {prefix}-{k:06d}.tar     plain tar, members KEY.FIELD (WebDataset layout)
     {prefix}-{k:06d}.json    sidecar: what shard k holds (samples, bytes, sha256, keys)
