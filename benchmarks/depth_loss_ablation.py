@@ -1,9 +1,10 @@
-"""The seed question at small scale: phase=synthetic with vs without the depth loss.
+"""Does the depth loss help? phase=synthetic with vs without it, at small scale.
 
 Same shards (train and held-out), same seed, same step budget, same init; only
 ``loss.depth_weight`` differs. Reports held-out novel-view masked PSNR and depth error (and
-input-view figures) from train/evaluate.py. Uses sphere shards from train/fake_data.py unless
-``--train-shards/--eval-shards`` point at real mouse shards (python -m synth.render).
+input-view figures) from the gslrm task's evaluation (train/tasks/gslrm/evaluate.py). Uses
+analytic sphere shards (mousefacelift.analytic) unless ``--train-shards/--eval-shards`` point
+at real mouse shards (python -m synth.render).
 
     python benchmarks/depth_loss_ablation.py --steps 40 --size 16
 """

@@ -19,8 +19,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from train.data import ExampleConfig, TrainStream, make_train_loader, shard_sets_from_cfg
 from mousefacelift.analytic import write_sphere_shards
+from train.data import TrainStream, example_config, make_train_loader, shard_sets_from_cfg
 
 
 def data_cfg(shards, size, workers, augment, batch):
@@ -31,7 +31,7 @@ def data_cfg(shards, size, workers, augment, batch):
 
 
 def time_stream(cfg, n):
-    it = iter(TrainStream(shard_sets_from_cfg(cfg), ExampleConfig.from_cfg(cfg), seed=0))
+    it = iter(TrainStream(shard_sets_from_cfg(cfg), example_config(cfg), seed=0))
     next(it)
     t = time.perf_counter()
     for _ in range(n):
@@ -49,20 +49,19 @@ def time_loader(cfg, n_batches):
 
 
 def time_train_step(size, steps):
-    from mousefacelift import splat
-    from mousefacelift.models.gslrm import GSLRM
-    model = GSLRM.from_config("tiny")
+    from mousefacelift.cameras import make_rig, stack_cameras
+    from mousefacelift.inference import predict
+    from mousefacelift.models import build_model
+    model = build_model("tiny")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     B, V, Vin = 1, 8, 4
     imgs = torch.rand(B, Vin, 3, size, size)
-    from mousefacelift.cameras import make_rig, stack_cameras
     K, c2w = stack_cameras(make_rig("sphere8", size=size))
     K, c2w = K[None], c2w[None]
     target = torch.rand(B, V, 3, size, size)
 
     def step():
-        g = model(imgs, K[:, :Vin], c2w[:, :Vin])
-        out = splat.render(g, K, c2w, size, size, background=torch.ones(3))
+        out = predict(model, imgs, K[:, :Vin], c2w[:, :Vin], K, c2w, background=torch.ones(3)).render
         loss = ((out.rgb - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()

@@ -1,11 +1,11 @@
 """Proof that the model + renderer + losses learn: the tiny GS-LRM overfits ONE mouse sample.
 
-Data: by default a sample built here without Blender: the procedural mouse (helper 1's
-``load_body_model("procedural")`` + ``PoseSampler``) normalised into [-1,1]^3 and rasterized
+Data: by default a sample built here without Blender: the procedural mouse
+(``load_body_model("procedural")`` + ``PoseSampler``) normalised into [-1,1]^3 and rasterized
 with ``mousefacelift.meshraster`` into a ring of views, shaded with per-region albedo and a
 headlight Lambert term (so there is texture and shading to fit), with exact planar depth.
 ``--shards DIR`` uses the first sample of a rendered shard instead (e.g. from
-``python -m synth.render --poses 1 --quality preview --out /tmp/one``).
+``python -m synth.render --poses 1 --quality preview --out OUT``).
 
 Prints the curve (step, loss, masked PSNR, whole PSNR, mask IoU, seconds) and a final
 table; masked PSNR is over the union of true and predicted foreground (train.metrics).
@@ -18,7 +18,6 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mousefacelift.cameras import make_rig, stack_cameras  # noqa: E402
-from mousefacelift.models.gslrm import GSLRM, load_model_config  # noqa: E402
-from mousefacelift.splat import render  # noqa: E402
-from train.losses import LossConfig, compute_losses  # noqa: E402
+from mousefacelift.inference import predict  # noqa: E402
+from mousefacelift.models import build_model, load_preset  # noqa: E402
 from train.metrics import mask_iou, masked_psnr, psnr  # noqa: E402
 from train.schedule import lr_factor  # noqa: E402
+from train.tasks.gslrm.losses import LossConfig, compute_losses  # noqa: E402
 
 log = logging.getLogger("overfit")
 SUPERSAMPLE = 3
@@ -113,7 +112,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=0, help="linear LR warm-up steps, then cosine decay to --steps")
     ap.add_argument("--alpha-weight", type=float, default=0.5)
     ap.add_argument("--pointmap-weight", type=float, default=0.0,
-                    help="weight of train.losses.pointmap_depth_loss on the input views (0 = off)")
+                    help="weight of the gslrm task's pointmap_depth_loss on the input views (0 = off)")
     ap.add_argument("--minutes", type=float, default=5.0, help="stop after this wall time")
     ap.add_argument("--target-psnr", type=float, default=25.0)
     ap.add_argument("--log-every", type=int, default=10)
@@ -136,13 +135,8 @@ def main(argv=None):
     batch = {"rgb": target[None], "alpha": alpha[None], "depth": depth[None], "has_depth": torch.ones(1),
              "K": K[None], "c2w": c2w[None], "background": bg,
              "input_c2w": c2w[None, inp], "input_depth": depth[None, inp], "input_alpha": alpha[None, inp]}
-    mcfg = load_model_config(args.model)
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        if not hasattr(mcfg, key):
-            raise SystemExit(f"--set {kv}: unknown model config key {key!r}")
-        mcfg = replace(mcfg, **{key: type(getattr(mcfg, key))(yaml.safe_load(value))})
-    model = GSLRM(mcfg)
+    overrides = {key: yaml.safe_load(value) for key, _, value in (kv.partition("=") for kv in args.set)}
+    model = build_model({**load_preset(args.model), **overrides}, where=f"--model {args.model} --set")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps, 0.05)) \
         if args.warmup else None
@@ -156,8 +150,8 @@ def main(argv=None):
     t0, c0 = time.time(), time.process_time()   # wall and this process's CPU time (the CPU is shared)
     curve, reached = [], None
     for step in range(args.steps + 1):
-        g = model(target[None, inp], K[None, inp], c2w[None, inp])
-        out = render(g, batch["K"], batch["c2w"], args.size, args.size, background=bg)
+        pred = predict(model, target[None, inp], K[None, inp], c2w[None, inp], batch["K"], batch["c2w"], background=bg)
+        g, out = pred.gaussians, pred.render
         loss, parts = compute_losses(out, batch, lcfg, step, gaussians=g)
         with torch.no_grad():
             pm = float(masked_psnr(out.rgb, batch["rgb"], batch["alpha"], out.alpha).nanmean())

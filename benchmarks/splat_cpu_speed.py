@@ -26,20 +26,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mousefacelift.cameras import make_rig, stack_cameras  # noqa: E402
-from mousefacelift.models.gslrm import GSLRM  # noqa: E402
+from mousefacelift.inference import reconstruct  # noqa: E402
+from mousefacelift.models import build_model  # noqa: E402
 from mousefacelift.splat import render  # noqa: E402
 
 
 def model_cloud(size: int, inputs: int, views: int, seed: int):
     """The tiny model's untrained output for ``inputs`` ring views, plus ``views`` targets."""
     torch.manual_seed(seed)
-    model = GSLRM.from_config("tiny").eval()
+    model = build_model("tiny").eval()
     cams = make_rig(f"ring{views}", size=size)
     K, c2w = stack_cameras(cams)
     idx = torch.arange(0, views, max(1, views // inputs))[:inputs]
     imgs = torch.rand(1, inputs, 3, size, size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        g = model(imgs, K[None, idx], c2w[None, idx])
+        g = reconstruct(model, imgs, K[None, idx], c2w[None, idx])
     return g.detach(), K[None], c2w[None]
 
 

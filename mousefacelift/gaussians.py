@@ -4,7 +4,7 @@ Why one container: the model produces, the renderer consumes and the exporter wr
 same five tensors; keeping them (and their activations) in one place means nobody has to
 guess whether a scale is log or linear, or whether a quaternion is wxyz or xyzw.
 
-Conventions (all in world units, ARCHITECTURE §3):
+Conventions (all in world units, docs/architecture.md §3):
 - ``means``      [B,N,3]
 - ``scales``     [B,N,3]   linear standard deviations along the Gaussian's local axes
 - ``rotations``  [B,N,4]   unit quaternions, (w, x, y, z)

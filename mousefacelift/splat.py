@@ -1,9 +1,10 @@
 """Render batched Gaussians into batched cameras: gsplat on CUDA, pure torch elsewhere.
 
-``render(gaussians, K, c2w, height, width, background)`` is the one entry point the model,
-the losses, the trainer and the turntable use. Both backends implement the same image
-formation (3DGS "classic" EWA splatting with the 0.3 px² low-pass, alpha clamp 0.99,
-front-to-back compositing sorted by camera z) and the same outputs:
+``render(gaussians, K, c2w, height, width, background)`` is the one entry point; training,
+evaluation and turntables reach it through :func:`mousefacelift.inference.render_views`.
+Both backends implement the same image formation (3DGS "classic" EWA splatting with the
+0.3 px² low-pass, alpha clamp 0.99, front-to-back compositing sorted by camera z) and the
+same outputs:
 
 - ``rgb``   [B,V,3,H,W]  colour composited over ``background``: ``Σ wᵢcᵢ + (1-α)·bg``
 - ``alpha`` [B,V,1,H,W]  accumulated opacity ``α = Σ wᵢ``
@@ -11,7 +12,7 @@ front-to-back compositing sorted by camera z) and the same outputs:
   ``Σ wᵢzᵢ / α`` where ``α > DEPTH_ALPHA_EPS``, else 0 (gsplat's "ED" mode), so it is
   directly comparable with a shard's depth map (0 = no surface).
 
-Cameras follow ARCHITECTURE §3 (OpenCV, c2w given here, pixel (i,j) centred at
+Cameras follow docs/architecture.md §3 (OpenCV, c2w given here, pixel (i,j) centred at
 (j+0.5, i+0.5)). The gsplat path loops over samples only (each call renders all V views
 of one sample), never over views.
 """

@@ -10,8 +10,7 @@ from omegaconf import OmegaConf
 
 from mousefacelift.cameras import make_rig
 from mousefacelift.shards import iter_shard, resolve_shards
-from train.data import (ExampleConfig, TrainStream, eval_examples, make_train_loader,
-                        shard_sets_from_cfg)
+from train.data import TrainStream, eval_examples, example_config, make_train_loader, shard_sets_from_cfg
 from mousefacelift.analytic import write_sphere_shards
 from train.views import ViewSamplingConfig, constraint_violations, select_views, view_directions
 
@@ -61,7 +60,7 @@ def test_batch_fields_and_weighted_mixing(shards):
     cfg = data_cfg(None, sets=[{"name": "mouse", "shards": str(shards / "mouse"), "weight": 0.75},
                                {"name": "objects", "shards": str(shards / "objects"), "weight": 0.25}],
                    view_sampling={"num_views": 2, "num_input_views": 1, "max_target_distance_deg": 180})
-    ds = TrainStream(shard_sets_from_cfg(cfg), ExampleConfig.from_cfg(cfg), seed=0)
+    ds = TrainStream(shard_sets_from_cfg(cfg), example_config(cfg), seed=0)
     exs = take(ds, 160)
     frac = np.mean([e["set"] == "mouse" for e in exs])
     assert 0.63 < frac < 0.87, frac          # 0.75 +- ~4 sigma of a binomial(160)
@@ -74,7 +73,7 @@ def test_batch_fields_and_weighted_mixing(shards):
     assert torch.equal(b["input_depth"], b["depth"][:, :4]) and torch.equal(b["input_alpha"], b["alpha"][:, :4])
     # augmented inputs lose their point-map depth (their pixels moved off the surface it described)
     aug = data_cfg(str(shards / "mouse"), augment={"enabled": True, "probability": 0.5})
-    exs = take(TrainStream(shard_sets_from_cfg(aug), ExampleConfig.from_cfg(aug), seed=0), 6)
+    exs = take(TrainStream(shard_sets_from_cfg(aug), example_config(aug), seed=0), 6)
     moved = torch.cat([e["input_jittered"] | (e["input_grid_px"] > 0) for e in exs])
     known = torch.cat([(e["input_depth"] > 0).flatten(1).any(1) for e in exs])
     assert moved.any() and (~moved).any() and torch.equal(known, ~moved)
@@ -111,7 +110,7 @@ def test_view_sampling_constraint_and_policies():
 @pytest.mark.parametrize("mode,colour", [("white", 1.0), ("black", 0.0), ("grey", 0.5), ("random", None)])
 def test_backgrounds_composited_from_straight_alpha(shards, mode, colour):
     cfg = data_cfg(str(shards / "mouse"), backgrounds=[mode])
-    ex = take(TrainStream(shard_sets_from_cfg(cfg), ExampleConfig.from_cfg(cfg), seed=3), 1)[0]
+    ex = take(TrainStream(shard_sets_from_cfg(cfg), example_config(cfg), seed=3), 1)[0]
     bg = ex["background"]
     if colour is not None:
         assert torch.allclose(bg, torch.full((3,), colour))
@@ -125,7 +124,7 @@ def test_backgrounds_composited_from_straight_alpha(shards, mode, colour):
 
 def test_resolution_from_config_scales_intrinsics(shards):
     cfg = data_cfg(str(shards / "mouse"), resolution=16)
-    ex = take(TrainStream(shard_sets_from_cfg(cfg), ExampleConfig.from_cfg(cfg), seed=0), 1)[0]
+    ex = take(TrainStream(shard_sets_from_cfg(cfg), example_config(cfg), seed=0), 1)[0]
     assert ex["rgb"].shape[-2:] == (16, 16) and ex["depth"].shape[-2:] == (16, 16)
     cams = make_rig("sphere32", size=SIZE)
     assert torch.allclose(ex["K"][0, 0, 0], torch.tensor(cams[0].resized(16, 16).K[0, 0], dtype=torch.float32))
@@ -150,7 +149,7 @@ def test_corrupt_sample_skipped_counted_and_named(shards, tmp_path):
     bad = str(tmp_path / "bad-000000.tar")
     _corrupt_copy(src, bad, "mouse_000000001")
     cfg = data_cfg(bad, view_sampling={"policy": "fixed", "fixed_views": [0, 1, 2, 3, 4, 5, 6, 7]})
-    exs = take(TrainStream(shard_sets_from_cfg(cfg), ExampleConfig.from_cfg(cfg), seed=0), 4)
+    exs = take(TrainStream(shard_sets_from_cfg(cfg), example_config(cfg), seed=0), 4)
     keys = [e["key"] for e in exs]
     assert "mouse_000000001" not in keys
     recs = [r for e in exs for r in e["corrupt"]]
@@ -165,7 +164,7 @@ def test_corrupt_sample_skipped_counted_and_named(shards, tmp_path):
     raw = open(src, "rb").read()
     open(trunc, "wb").write(raw[: len(raw) // 2])
     cfg2 = data_cfg([trunc, src])
-    exs = take(TrainStream(shard_sets_from_cfg(cfg2), ExampleConfig.from_cfg(cfg2), seed=0), 8)
+    exs = take(TrainStream(shard_sets_from_cfg(cfg2), example_config(cfg2), seed=0), 8)
     recs = [r for e in exs for r in e["corrupt"]]
     assert any(r["shard"] == trunc for r in recs)
 
@@ -179,13 +178,13 @@ def test_real_samples_without_depth(shards):
     mixed = data_cfg(None, sets=[{"name": "m", "shards": str(shards / "mouse"), "weight": 1},
                                  {"name": "r", "shards": str(shards / "real"), "weight": 1}],
                      view_sampling={"num_views": 6, "num_input_views": 3, "max_target_distance_deg": 90})
-    exs = take(TrainStream(shard_sets_from_cfg(mixed), ExampleConfig.from_cfg(mixed), seed=0), 12)
+    exs = take(TrainStream(shard_sets_from_cfg(mixed), example_config(mixed), seed=0), 12)
     assert {(e["source"], bool(e["has_depth"])) for e in exs} == {("real", False), ("mouse", True)}
 
 
 def test_stream_resume_replays_exactly(shards):
     cfg = data_cfg(str(shards / "mouse"), augment={"enabled": True})
-    sets, ecfg = shard_sets_from_cfg(cfg), ExampleConfig.from_cfg(cfg)
+    sets, ecfg = shard_sets_from_cfg(cfg), example_config(cfg)
     straight = take(TrainStream(sets, ecfg, seed=5), 7)
     pos = {0: int(straight[3]["stream_pos"])}
     resumed = take(TrainStream(sets, ecfg, seed=5, resume_positions=pos), 3)

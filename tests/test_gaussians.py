@@ -90,7 +90,7 @@ def test_cat_detach_to_and_index():
 
 def test_turntable_gif_shows_the_object_from_all_sides(tmp_path):
     import imageio.v2 as imageio
-    from mousefacelift.turntable import save_turntable, turntable_frames
+    from mousefacelift.inference import save_turntable, turntable_frames
     # a red blob on +X and a blue blob on -X: the front view sees red nearest, the back view blue
     g = Gaussians(means=torch.tensor([[[0.4, 0, 0], [-0.4, 0, 0]]]), scales=torch.full((1, 2, 3), 0.25),
                   rotations=torch.tensor([[[1.0, 0, 0, 0]] * 2]), opacities=torch.full((1, 2, 1), 0.99),

@@ -1,13 +1,22 @@
 """GS-LRM: shapes, parameterisation, trainability, presets and the FaceLift checkpoint map."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mousefacelift.cameras import make_rig, stack_cameras
 from mousefacelift.models.facelift_ckpt import IncompatibleCheckpoint, load_facelift_checkpoint
-from mousefacelift.models.gslrm import GSLRM, GSLRMConfig, load_model_config
+from mousefacelift.config import ConfigError
+from mousefacelift.models import build_model, load_preset, model_config
+from mousefacelift.models.gslrm import GSLRM
 from mousefacelift.splat import render
 
-SMALL = dict(width=32, layers=2, heads=2, patch_size=8)
+SMALL = dict(name="test", width=32, layers=2, heads=2, patch_size=8, grad_checkpoint=False)
+
+
+def small_config(**over):
+    """The base preset's parameterisation (FaceLift's) at test size."""
+    return replace(model_config("base"), **{**SMALL, **over})
 
 
 def batch(B=1, V=2, size=16, seed=0):
@@ -19,7 +28,7 @@ def batch(B=1, V=2, size=16, seed=0):
 
 def test_forward_shapes_and_pixel_alignment():
     torch.manual_seed(0)
-    m = GSLRM(GSLRMConfig(**SMALL))
+    m = GSLRM(small_config())
     imgs, K, c2w = batch(B=2, V=3, size=16)
     g = m(imgs, K, c2w)
     assert g.means.shape == (2, 3 * 16 * 16, 3) and g.sh.shape == (2, 768, 1, 3)
@@ -38,7 +47,7 @@ def test_forward_shapes_and_pixel_alignment():
 
 
 def test_global_gaussians_and_view_markers():
-    m = GSLRM(GSLRMConfig(**SMALL, num_global_gaussians=10, view_markers=True, sh_degree=1))
+    m = GSLRM(small_config(num_global_gaussians=10, view_markers=True, sh_degree=1))
     imgs, K, c2w = batch(V=2)
     g = m(imgs, K, c2w)
     assert g.num_gaussians == 10 + 2 * 256 and g.sh.shape[2] == 4
@@ -46,7 +55,7 @@ def test_global_gaussians_and_view_markers():
 
 def test_few_optimisation_steps_lower_the_render_loss():
     torch.manual_seed(0)
-    m = GSLRM(GSLRMConfig(**SMALL))
+    m = GSLRM(small_config())
     imgs, K, c2w = batch(V=2, size=16)
     target = torch.zeros(1, 2, 3, 16, 16)
     target[..., 4:12, 4:12] = torch.tensor([0.9, 0.3, 0.1])[:, None, None]
@@ -64,8 +73,8 @@ def test_few_optimisation_steps_lower_the_render_loss():
 
 def test_gradient_checkpointing_matches_plain_backward():
     torch.manual_seed(0)
-    a = GSLRM(GSLRMConfig(**SMALL))
-    b = GSLRM(GSLRMConfig(**SMALL, grad_checkpoint=True))
+    a = GSLRM(small_config())
+    b = GSLRM(small_config(grad_checkpoint=True))
     b.load_state_dict(a.state_dict())
     imgs, K, c2w = batch()
     for m in (a, b):
@@ -76,29 +85,42 @@ def test_gradient_checkpointing_matches_plain_backward():
 
 
 def test_bf16_autocast_forward_returns_float32_gaussians():
-    m = GSLRM(GSLRMConfig(**SMALL))
+    m = GSLRM(small_config())
     imgs, K, c2w = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         g = m(imgs, K, c2w)
     assert g.means.dtype == torch.float32 and torch.isfinite(g.means).all()
 
 
-def test_presets_and_base_size_on_meta_device():
-    tiny = load_model_config("tiny")
+def write_yaml(path, mapping):
+    from omegaconf import OmegaConf
+    OmegaConf.save(OmegaConf.create(mapping), path)
+    return path
+
+
+def test_presets_and_base_size_on_meta_device(tmp_path):
+    tiny = model_config("tiny")
     assert tiny.name == "tiny" and tiny.patch_size == 8
-    base = load_model_config("base")
+    base = model_config("base")
     assert (base.layers, base.width, base.heads) == (24, 1024, 16)
     with torch.device("meta"):
         m = GSLRM(base)
     assert 280e6 < m.num_parameters() < 320e6, m.num_parameters()
-    with pytest.raises(ValueError, match="unknown model config keys"):
-        load_model_config({"width": 64, "depht": 3})
+    assert isinstance(build_model("tiny"), GSLRM)
+    with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['depht'\]"):
+        model_config({**load_preset("tiny"), "depht": 3})
+    with pytest.raises(ConfigError, match=r"model.type is 'unet', expected one of \['gslrm'\]"):
+        model_config({**load_preset("tiny"), "type": "unet"})
+    with pytest.raises(ConfigError, match=r"model.type is None"):
+        model_config({k: v for k, v in load_preset("tiny").items() if k != "type"})
+    with pytest.raises(ConfigError, match=r"tiny.yaml.width: 'wide' is not a valid int"):
+        model_config(write_yaml(tmp_path / "tiny.yaml", {**load_preset("tiny"), "width": "wide"}))
     with pytest.raises(FileNotFoundError, match="presets"):
-        load_model_config("gigantic")
+        model_config("gigantic")
 
 
 def test_input_validation():
-    m = GSLRM(GSLRMConfig(**SMALL))
+    m = GSLRM(small_config())
     imgs, K, c2w = batch()
     with pytest.raises(ValueError, match="multiple of the patch size"):
         m(imgs[..., :12, :12], K, c2w)
@@ -128,7 +150,7 @@ def facelift_state_dict(d, layers, p, sh_degree, n_gaussians, marker, seed=0):
 
 
 def test_facelift_checkpoint_is_mapped_and_loaded(tmp_path):
-    cfg = GSLRMConfig(**SMALL, num_global_gaussians=6, view_markers=True)
+    cfg = small_config(num_global_gaussians=6, view_markers=True)
     sd = facelift_state_dict(32, 2, 8, 0, 6, True)
     m = GSLRM(cfg)
     path = tmp_path / "ckpt.pt"
@@ -144,7 +166,7 @@ def test_facelift_checkpoint_is_mapped_and_loaded(tmp_path):
 
 
 def test_incompatible_checkpoint_is_refused_with_key_lists():
-    m = GSLRM(GSLRMConfig(**SMALL))           # no global Gaussians, no markers
+    m = GSLRM(small_config())           # no global Gaussians, no markers
     before = {k: v.clone() for k, v in m.state_dict().items()}
     sd = facelift_state_dict(32, 3, 8, 1, 6, False)   # 3 layers, SH degree 1, 6 global Gaussians
     del sd["input_layer_norm.weight"]

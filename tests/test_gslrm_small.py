@@ -3,14 +3,15 @@ must load, build and run a forward + backward pass at the benchmark's patch geom
 import torch
 
 from mousefacelift.cameras import make_rig, stack_cameras
-from mousefacelift.models.gslrm import GSLRM, load_model_config
+from mousefacelift.models import build_model, model_config
+from mousefacelift.models.gslrm import GSLRM
 
 
 def test_small_preset_builds_and_runs_forward_and_backward():
-    cfg = load_model_config("small")
+    cfg = model_config("small")
     assert cfg.name == "small" and cfg.head_hidden > 0 and cfg.width >= 3 * cfg.patch_size ** 2
     torch.manual_seed(0)
-    model = GSLRM.from_config("small")
+    model = build_model("small")
     assert 1e5 < model.num_parameters() < 5e6, model.num_parameters()
     size, V = 32, 2
     K, c2w = stack_cameras(make_rig("ring8", size=size)[:V])
@@ -27,7 +28,7 @@ def test_small_preset_builds_and_runs_forward_and_backward():
 
 def test_pixel_skip_starts_as_facelifts_head_and_reaches_only_its_own_pixel():
     from dataclasses import replace
-    cfg = replace(load_model_config("tiny"), pixel_skip=True)
+    cfg = replace(model_config("tiny"), pixel_skip=True)
     torch.manual_seed(0)
     with_skip = GSLRM(cfg)
     plain = GSLRM(replace(cfg, pixel_skip=False))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mousefacelift.splat import RenderOutput
-from train.losses import LossConfig, compute_losses, composite_target, perceptual_scale
+from mousefacelift.config import ConfigError, typed
+from train.tasks.gslrm.losses import LossConfig, compute_losses, composite_target, perceptual_scale
 from train.metrics import depth_error, mask_iou, masked_psnr, masked_ssim, psnr, render_metrics, ssim
 
 
@@ -73,16 +74,18 @@ def test_perceptual_needs_local_weights_and_warms_up(tmp_path):
     compute_losses(out, batch, cfg, step=10)           # before warm-up: the file is not needed
     with pytest.raises(FileNotFoundError, match="vgg16.pth"):
         compute_losses(out, batch, cfg, step=100)
-    from train.losses import VGGPerceptual
+    from train.tasks.gslrm.losses import VGGPerceptual
     torch.save(VGGPerceptual().state_dict(), tmp_path / "vgg16.pth")
     _, p = compute_losses(RenderOutput(batch["rgb"] * 0.5, batch["alpha"], batch["depth"]), batch, cfg, step=200)
     assert float(p["perceptual"]) > 0
 
 
 def test_config_from_mapping_rejects_unknown_keys():
-    assert LossConfig.from_any({"rgb_weight": 2.0}).rgb_weight == 2.0
-    with pytest.raises(ValueError, match="unknown keys"):
-        LossConfig.from_any({"rgb_wieght": 2.0})
+    assert typed(LossConfig, {"rgb_weight": 2}, "loss").rgb_weight == 2.0
+    with pytest.raises(ConfigError, match=r"loss: unknown key\(s\) \['rgb_wieght'\]"):
+        typed(LossConfig, {"rgb_wieght": 2.0}, "loss")
+    with pytest.raises(ConfigError, match="alpha_loss must be 'l1' or 'bce'"):
+        typed(LossConfig, {"alpha_loss": "l2"}, "loss")
 
 
 def test_composite_target():
@@ -130,7 +133,7 @@ def test_pointmap_depth_loss_measures_each_pixel_gaussian_against_its_pixel_dept
 
     from mousefacelift.cameras import camera_rays, make_rig, stack_cameras
     from mousefacelift.gaussians import Gaussians
-    from train.losses import pointmap_depth_loss
+    from train.tasks.gslrm.losses import pointmap_depth_loss
 
     H = W = 8
     cams = make_rig("ring2", size=H)

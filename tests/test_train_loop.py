@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from mousefacelift.config import compose
-from train.checkpoint import CheckpointError, load_checkpoint
 from mousefacelift.analytic import write_sphere_shards
-from train.trainer import Trainer, apply_freeze, freeze_patterns
+from mousefacelift.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mousefacelift.config import compose
+from mousefacelift.models import build_model
+from train.data import make_train_loader
 from train.schedule import lr_factor, param_groups
+from train.trainer import Trainer, apply_freeze, freeze_patterns
 
 SIZE = 16   # the CPU reference splatter dominates; 16 px x 4 views keeps a step ~0.1 s
 
@@ -37,7 +39,16 @@ def test_resume_is_exact(tmp_path, shard_root):
     straight.fit()
     first = Trainer(tiny_cfg(tmp_path / "b", shard_root, "phase=pretrain", "train.steps=4", "train.stop_after_steps=2"))
     first.fit()
-    assert load_checkpoint(tmp_path / "b/pretrain/checkpoints/last.pt")["step"] == 2
+    last = tmp_path / "b/pretrain/checkpoints/last.pt"
+    ck = load_checkpoint(last)
+    assert ck["step"] == 2 and ck["config"]["model"]["type"] == "gslrm" and ck["config"]["task"] == "gslrm"
+    # a checkpoint from before tasks and model types: its weights are GS-LRM's and it resumes exactly
+    del ck["config"]["task"], ck["config"]["model"]["type"]
+    save_checkpoint(last, ck)
+    ck["config"]["model"]["type"] = "unet"
+    save_checkpoint(tmp_path / "c/pretrain/checkpoints/last.pt", ck)
+    with pytest.raises(ValueError, match="holds a model of type 'unet', but model.type is 'gslrm'"):
+        Trainer(tiny_cfg(tmp_path / "c", shard_root, "phase=pretrain", "train.steps=4", "resume=true"))
     second = Trainer(tiny_cfg(tmp_path / "b", shard_root, "phase=pretrain", "train.steps=4", "resume=true"))
     assert second.step == 2
     second.fit()
@@ -64,14 +75,14 @@ def test_missing_checkpoints_are_errors(tmp_path, shard_root):
 
 def test_nonfinite_and_spike_steps_are_skipped(tmp_path, shard_root):
     tr = Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", "train.steps=3"))
-    real = tr.compute_losses
+    real = tr.task.loss
 
-    def poisoned(out, batch, cfg, step, gaussians=None):
-        total, parts = real(out, batch, cfg, step, gaussians=gaussians)
+    def poisoned(prediction, batch, step):
+        total, parts = real(prediction, batch, step)
         return (total * float("nan") if step == 1 else total), parts
 
-    tr.compute_losses = poisoned
-    it = iter(__import__("train.data", fromlist=["make_train_loader"]).make_train_loader(tr.cfg.data, 0))
+    tr.task.loss = poisoned
+    it = iter(make_train_loader(tr.cfg.data, 0))
     tr.train_step(it)
     before = _params(tr.model)
     res = tr.train_step(it)
@@ -90,8 +101,7 @@ def test_freeze_policy_and_param_groups(tmp_path, shard_root):
     cfg = tiny_cfg(tmp_path, shard_root, "phase=real")
     pats = freeze_patterns(cfg.phase)
     assert "blocks.0.*" in pats and "blocks.1.*" in pats and "blocks.2.*" not in pats
-    from mousefacelift.models.gslrm import GSLRM
-    m = GSLRM.from_config(cfg.model)
+    m = build_model(cfg.model)
     frozen = apply_freeze(m, pats)
     assert "tokenizer.weight" in frozen and not any(n.startswith("blocks.2.") for n in frozen)
     assert all(not p.requires_grad for n, p in m.named_parameters() if n.startswith("blocks.1."))

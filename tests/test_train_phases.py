@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mousefacelift.config import compose
-from train.checkpoint import load_checkpoint
+from mousefacelift.checkpoint import load_checkpoint
 from mousefacelift.analytic import write_sphere_shards
 from train.run import run_phase
 

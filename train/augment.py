@@ -75,17 +75,15 @@ def resize_views(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor | N
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    enabled: bool = False
+    """``data.augment``; the defaults are configs/data/base.yaml's (held equal by a test)."""
+
+    enabled: bool = True
     probability: float = 0.5          # chance per input view that it is augmented at all
     jitter_rotation_deg: float = 2.0  # max rotation of the camera about its centre
     jitter_focal: float = 0.03        # max relative change of fx, fy
     jitter_principal_px: float = 1.0  # max principal-point shift, in training pixels
     grid_distortion_px: float = 1.0   # max displacement of the smooth warp, in training pixels
     grid_cells: int = 4               # control-point cells per side of the warp field
-
-    @classmethod
-    def from_cfg(cls, cfg) -> "AugmentConfig":
-        return cls(**{k: type(getattr(cls, k))(cfg[k]) for k in cls.__dataclass_fields__ if k in cfg})
 
 
 def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Shard streaming -> training batches (ARCHITECTURE §2, §4, §5).
+"""Shard streaming -> training batches (docs/architecture.md §2, §4, §5).
 
 Sources: any shard spec of :func:`mousefacelift.shards.resolve_shards` (folders, globs, brace
 patterns, URLs, ``pipe:`` commands), read member by member by :func:`mousefacelift.shards.iter_shard`.
@@ -29,13 +29,14 @@ import json
 import logging
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from mousefacelift.cameras import Camera
+from mousefacelift.config import typed
 from mousefacelift.shards import MultiViewSample, SampleError, ShardError, iter_shard, resolve_shards
 
 from .augment import AugmentConfig, augment_inputs, composite, pick_background, resize_views
@@ -43,28 +44,59 @@ from .views import ViewSamplingConfig, select_views
 
 log = logging.getLogger(__name__)
 
-REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://", "ais://")
+
+# -- configuration -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardSetConfig:
+    """One entry of ``data.sets``: a named shard spec and its mixing weight."""
+
+    shards: Any                   # any spec of mousefacelift.shards.resolve_shards
+    name: str | None = None       # default: set<i>
+    weight: float = 1.0
 
 
-# -- example construction ------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """The ``data:`` block; configs/data/base.yaml states and documents every key."""
+
+    shards: Any                   # one shard spec or a list; when set it replaces ``sets``
+    sets: tuple[ShardSetConfig, ...]
+    resolution: int | tuple[int, int]
+    batch_size: int
+    num_workers: int
+    view_sampling: ViewSamplingConfig
+    backgrounds: tuple[str, ...]
+    eval_backgrounds: tuple[str, ...]
+    augment: AugmentConfig
+
+
 @dataclass(frozen=True)
 class ExampleConfig:
+    """What turning one sample into an example needs (:func:`example_config`)."""
+
     resolution: tuple[int, int]
     views: ViewSamplingConfig
     backgrounds: tuple[str, ...]
     augment: AugmentConfig
 
-    @classmethod
-    def from_cfg(cls, cfg, train: bool = True) -> "ExampleConfig":
-        res = cfg.resolution
-        hw = (int(res), int(res)) if isinstance(res, (int, float)) else (int(res[0]), int(res[1]))
-        aug = AugmentConfig.from_cfg(cfg.augment)
-        if not train:
-            aug = AugmentConfig(enabled=False)
-        bgs = tuple(cfg.backgrounds if train else cfg.eval_backgrounds)
-        return cls(resolution=hw, views=ViewSamplingConfig.from_cfg(cfg.view_sampling), backgrounds=bgs, augment=aug)
+
+def data_config(cfg) -> DataConfig:
+    """The typed ``data:`` block (a DataConfig is returned as it is)."""
+    return typed(DataConfig, cfg, "data")
 
 
+def example_config(cfg, train: bool = True) -> ExampleConfig:
+    """Training examples: ``backgrounds`` and ``augment``; evaluation: ``eval_backgrounds``,
+    never augmented."""
+    data = data_config(cfg)
+    res = data.resolution
+    hw = (res, res) if isinstance(res, int) else res
+    augment = data.augment if train else replace(data.augment, enabled=False)
+    return ExampleConfig(resolution=hw, views=data.view_sampling,
+                         backgrounds=data.backgrounds if train else data.eval_backgrounds, augment=augment)
+
+
+# -- example construction ------------------------------------------------------------------
 def _subset_fields(raw: dict, views: np.ndarray, meta: dict) -> dict:
     """Raw members of only the chosen views, renumbered 000.., so only they are decoded."""
     meta = dict(meta)
@@ -96,7 +128,7 @@ def make_example(raw: dict, cfg: ExampleConfig, rng: np.random.Generator) -> dic
     c2w_all = np.stack([c.c2w for c in cams])
     idx, fallback = select_views(c2w_all, cfg.views, rng, where=tag)
     if any(cams[int(i)].dist is not None for i in idx):
-        raise SampleError(f"{tag}: view(s) with lens distortion; the pinhole renderer needs images undistorted at ingest")
+        raise SampleError(f"{tag}: view(s) with lens distortion; training takes pinhole cameras (undistort at ingest)")
     sample = MultiViewSample.decode(_subset_fields(raw, idx, meta), where=where)
     t = sample.to_tensors()
     has_depth = "depth" in t
@@ -175,24 +207,20 @@ class ShardSet:
     weight: float
 
 
-def shard_sets_from_cfg(data_cfg) -> list[ShardSet]:
+def shard_sets_from_cfg(cfg) -> list[ShardSet]:
     """``data.shards`` (one set) overrides ``data.sets`` (named, weighted sets)."""
-    if data_cfg.get("shards") is not None:
-        return [ShardSet("shards", resolve_shards(_plain(data_cfg.shards)), 1.0)]
+    data = data_config(cfg)
+    if data.shards is not None:
+        return [ShardSet("shards", resolve_shards(data.shards), 1.0)]
     sets = []
-    for s in data_cfg.get("sets") or []:
-        w = float(s.get("weight", 1.0))
-        if not w > 0:
-            raise ValueError(f"data.sets[{s.get('name')}].weight must be > 0, got {w}")
-        sets.append(ShardSet(str(s.get("name", f"set{len(sets)}")), resolve_shards(_plain(s.shards)), w))
+    for i, s in enumerate(data.sets):
+        name = s.name or f"set{i}"
+        if not s.weight > 0:
+            raise ValueError(f"data.sets[{name}].weight must be > 0, got {s.weight}")
+        sets.append(ShardSet(name, resolve_shards(s.shards), s.weight))
     if not sets:
         raise ValueError("no training data: set data.shards=PATH or list data.sets")
     return sets
-
-
-def _plain(v):
-    from omegaconf import OmegaConf
-    return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
 
 
 class _ResampledShards:
@@ -277,13 +305,15 @@ class TrainStream(torch.utils.data.IterableDataset):
             yield ex
 
 
-def make_train_loader(data_cfg, seed: int, resume_positions: dict | None = None, consumed_batches: int = 0):
-    """DataLoader over :class:`TrainStream`; ``consumed_batches`` restores worker round-robin order."""
-    nw = int(data_cfg.num_workers)
-    ds = TrainStream(shard_sets_from_cfg(data_cfg), ExampleConfig.from_cfg(data_cfg, train=True), seed,
+def make_train_loader(cfg, seed: int, resume_positions: dict | None = None, consumed_batches: int = 0):
+    """DataLoader over :class:`TrainStream` of the ``data:`` block ``cfg``; ``consumed_batches``
+    restores the worker round-robin order."""
+    data = data_config(cfg)
+    nw = data.num_workers
+    ds = TrainStream(shard_sets_from_cfg(data), example_config(data, train=True), seed,
                      resume_positions=resume_positions, worker_rotation=consumed_batches % max(1, nw),
                      num_workers=nw)
-    return torch.utils.data.DataLoader(ds, batch_size=int(data_cfg.batch_size), num_workers=nw, collate_fn=collate,
+    return torch.utils.data.DataLoader(ds, batch_size=data.batch_size, num_workers=nw, collate_fn=collate,
                                        persistent_workers=False, prefetch_factor=2 if nw > 0 else None)
 
 
@@ -291,7 +321,7 @@ def eval_examples(spec, data_cfg, seed: int, max_samples: int | None = None) -> 
     """This rank's exact share of the eval shards (sample i -> rank i % world), padded so every
     rank holds the same count; padding examples have ``valid=False``. Deterministic views per key."""
     rank, world = dist_info()
-    cfg = ExampleConfig.from_cfg(data_cfg, train=False)
+    cfg = example_config(data_cfg, train=False)
     mine: list[dict] = []
     total = 0
     corrupt: list[dict] = []

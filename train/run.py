@@ -1,8 +1,9 @@
 """``python -m train.run phase=pretrain|synthetic|real [data.shards=...] [init_from=CKPT] [resume=true]``
 
-The hydra entry point of one training phase (ARCHITECTURE §4). The root config is
-configs/train.yaml; each phase in configs/phase/ picks its data, losses, schedule and
-``init_from`` (the previous phase's ``last.pt``). Under ``torchrun`` every rank runs this.
+The hydra entry point of one training phase (docs/architecture.md §4). The root config is
+configs/train.yaml, whose ``task`` key picks what is trained (train/tasks/); each phase in
+configs/phase/ picks its data, losses, schedule and ``init_from`` (the previous phase's
+``last.pt``). Under ``torchrun`` every rank runs this.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training loop: one phase of ARCHITECTURE §4, on one CPU or under torchrun on many GPUs.
+"""The training loop: one phase of docs/architecture.md §4, on one CPU or under torchrun on many GPUs.
 
 Per optimiser step: ``grad_accum`` micro-batches (DDP gradient sync only on the last), bf16
 autocast on CUDA, then one decision taken identically on every rank (the loss flag is
@@ -9,6 +9,10 @@ are clipped to ``grad_clip`` and AdamW steps.
 
 Randomness inside a step is seeded from (seed, rank, step), and the data stream is a pure
 function of its position (train/data.py), so ``resume=true`` reproduces a straight run.
+
+What is trained is the config's ``task`` (train/tasks/): it builds the model, runs the
+forward pass and the loss on each batch of the multi-view example stream, evaluates, and
+draws the TensorBoard image panel; everything else here is the same for every task.
 """
 from __future__ import annotations
 
@@ -26,14 +30,13 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mousefacelift import splat
-
-from . import checkpoint as ckpt
+from mousefacelift.checkpoint import LAST, load_checkpoint, model_config_of, save_checkpoint
 from mousefacelift.shards import manifest_record
 
-from .data import eval_examples, make_train_loader
-from .evaluate import evaluate
+from . import checkpoint as ckpt
+from .data import data_config, eval_examples, make_train_loader
 from .schedule import build_optimizer, build_scheduler
+from .tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +98,9 @@ class Trainer:
     """Runs one phase from a resolved config (see configs/train.yaml for every key)."""
 
     def __init__(self, cfg):
-        from mousefacelift.models.gslrm import GSLRM
-        from .losses import compute_losses
-
-        self.compute_losses = compute_losses
         self.cfg = cfg
+        self.task = build_task(cfg)
+        self.data = data_config(cfg.data)
         self.rank, self.world, self.device = setup_distributed(str(cfg.device))
         self.out_dir = Path(str(cfg.out_dir))
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -113,7 +114,7 @@ class Trainer:
             raise ValueError(f"precision is {prec!r}, expected auto, bf16 or fp32")
         self.autocast = self.device.type == "cuda" and prec in ("auto", "bf16")
         torch.manual_seed(int(cfg.seed))
-        self.model = GSLRM.from_config(cfg.model).to(self.device)
+        self.model = self.task.build_model().to(self.device)
 
         self.step = 0
         self.consumed_batches = 0
@@ -123,11 +124,13 @@ class Trainer:
         self.grad_history: deque[float] = deque(maxlen=int(self.tcfg.skip.history))
         resume_state = None
         if bool(cfg.resume):
-            resume_state = ckpt.load_checkpoint(self.ckpt_dir / ckpt.LAST, what=f"resume=true in {self.out_dir}")
+            resume_state = load_checkpoint(self.ckpt_dir / LAST, what=f"resume=true in {self.out_dir}")
+            self._check_model_type(resume_state, self.ckpt_dir / LAST)
             self.model.load_state_dict(resume_state["model"])
             log.info("resuming %s from step %d", self.out_dir, resume_state["step"])
         elif cfg.get("init_from"):
-            init = ckpt.load_checkpoint(str(cfg.init_from), what=f"init_from of phase {cfg.phase.name}")
+            init = load_checkpoint(str(cfg.init_from), what=f"init_from of phase {cfg.phase.name}")
+            self._check_model_type(init, cfg.init_from)
             missing, unexpected = self.model.load_state_dict(init["model"], strict=bool(cfg.phase.init_strict))
             log.info("phase %s initialised from %s (step %s of phase %s); missing=%d unexpected=%d",
                      cfg.phase.name, cfg.init_from, init.get("step"), init.get("phase"), len(missing), len(unexpected))
@@ -150,11 +153,17 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
         self.eval_set = None
-        vs = cfg.data.view_sampling
-        log.info("view sampling: policy=%s, %d views (%d inputs), min input separation %.0f deg, max target "
-                 "distance %.0f deg; backgrounds %s; augmentation %s", vs.policy, vs.num_views, vs.num_input_views,
-                 vs.min_input_separation_deg, vs.max_target_distance_deg, list(cfg.data.backgrounds),
-                 "on" if cfg.data.augment.enabled else "off")
+        vs = self.data.view_sampling
+        log.info("task %s; view sampling: policy=%s, %d views (%d inputs), min input separation %.0f deg, max "
+                 "target distance %.0f deg; backgrounds %s; augmentation %s", self.task.name, vs.policy,
+                 vs.num_views, vs.num_input_views, vs.min_input_separation_deg, vs.max_target_distance_deg,
+                 list(self.data.backgrounds), "on" if self.data.augment.enabled else "off")
+
+    def _check_model_type(self, state: dict, path) -> None:
+        """A checkpoint's weights only fit a model of the same type (``model.type``)."""
+        theirs, ours = model_config_of(state, str(path))["type"], self.cfg.model.get("type")
+        if theirs != ours:
+            raise ValueError(f"{path} holds a model of type {theirs!r}, but model.type is {ours!r}")
 
     # -- state --------------------------------------------------------------------------
     def _gather_positions(self) -> dict:
@@ -177,11 +186,10 @@ class Trainer:
         }
 
     def _manifests(self) -> dict:
-        d = self.cfg.data
-        specs = [d.shards] if d.get("shards") is not None else [s.shards for s in (d.get("sets") or [])]
+        d = self.data
+        specs = [d.shards] if d.shards is not None else [s.shards for s in d.sets]
         out = {}
         for spec in specs:
-            spec = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec
             try:
                 out[str(spec)] = manifest_record(spec)
             except (OSError, ValueError) as e:
@@ -204,17 +212,15 @@ class Trainer:
     def save(self) -> None:
         state = self.state_dict()       # collective when world > 1: every rank calls it
         if self.rank == 0:
-            path = ckpt.save_checkpoint(self.ckpt_dir / ckpt.LAST, state)
+            path = save_checkpoint(self.ckpt_dir / LAST, state)
             log.info("checkpoint step %d -> %s", self.step, path)
 
     # -- one step -----------------------------------------------------------------------
     def _forward_loss(self, batch: dict):
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            gaussians = self.ddp(batch["input_rgb"], batch["input_K"], batch["input_c2w"])
-            H, W = batch["rgb"].shape[-2:]
-            out = splat.render(gaussians.float(), batch["K"], batch["c2w"], H, W, background=batch["background"])
-        total, parts = self.compute_losses(out, batch, self.cfg.loss, self.step, gaussians=gaussians)
-        return total.float(), parts, out
+            prediction = self.task.forward(self.ddp, batch)
+        total, parts = self.task.loss(prediction, batch, self.step)
+        return total.float(), parts, prediction
 
     def _note_batch(self, batch: dict) -> None:
         for rec in batch.get("corrupt", []):
@@ -222,7 +228,7 @@ class Trainer:
             log.warning("corrupt sample counted (shard %s, key %s): %s", rec.get("shard"), rec.get("key"),
                         rec.get("reason"))
         self.counters["view_fallbacks"] += int(batch["view_fallback"].sum())
-        self.counters["samples"] += int(batch["rgb"].shape[0])
+        self.counters["samples"] += len(batch["key"])
         for w, p in zip(batch["stream_worker"].tolist(), batch["stream_pos"].tolist()):
             self.stream_positions[int(w)] = max(int(p), self.stream_positions.get(int(w), -1))
         self.consumed_batches += 1
@@ -233,21 +239,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         nonfinite = False
         parts_sum: dict[str, float] = {}
-        last_batch = last_out = None
+        last_batch = last_prediction = None
         for micro in range(self.accum):
             batch = next(loader_iter)
             self._note_batch(batch)
-            batch = _to(batch, self.device)
+            batch = _to(self.task.batch(batch), self.device)
             sync = micro == self.accum - 1 or self.world == 1
             ctx = self.ddp.no_sync() if (self.world > 1 and not sync) else _nullctx()
             with ctx:
-                total, parts, out = self._forward_loss(batch)
+                total, parts, prediction = self._forward_loss(batch)
                 if not torch.isfinite(total):
                     nonfinite = True
                 (total / self.accum).backward()
             for k, v in {**parts, "total": total}.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + float(torch.as_tensor(v).detach()) / self.accum
-            last_batch, last_out = batch, out
+            last_batch, last_prediction = batch, prediction
         flag = torch.tensor([1.0 if nonfinite else 0.0], device=self.device)
         if self.world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -271,12 +277,12 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return {"parts": parts_sum, "grad_norm": grad_norm, "lr": lr, "skipped": skip,
-                "batch": last_batch, "out": last_out}
+                "batch": last_batch, "prediction": last_prediction}
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg, t = self.cfg, self.tcfg
-        loader = make_train_loader(cfg.data, int(cfg.seed), resume_positions=self.stream_positions,
+        loader = make_train_loader(self.data, int(cfg.seed), resume_positions=self.stream_positions,
                                    consumed_batches=self.consumed_batches)
         it = iter(loader)
         if self.step >= self.steps:
@@ -298,7 +304,7 @@ class Trainer:
                 self._log_scalars(res, sps)
                 bar.set_postfix(loss=f"{res['parts'].get('total', float('nan')):.4f}", gn=f"{res['grad_norm']:.3g}")
             if self.writer is not None and int(t.image_every) > 0 and self.step % int(t.image_every) == 0:
-                self._log_images(res["batch"], res["out"], "train")
+                self._log_images(res["batch"], res["prediction"], "train")
             if int(t.eval_every) > 0 and (self.step % int(t.eval_every) == 0 or self.step == self.steps):
                 last_metrics = self.run_eval() or last_metrics
             if self.step % int(t.ckpt_every) == 0 or self.step == stop_at:
@@ -324,10 +330,8 @@ class Trainer:
                 if math.isfinite(v):
                     self.writer.add_scalar(k, v, self.step)
 
-    def _log_images(self, batch: dict, out, tag: str) -> None:
-        from .logging_utils import image_panel
-        self.writer.add_image(f"{tag}/views", image_panel(batch, out, int(self.cfg.data.view_sampling.num_input_views)),
-                              self.step, dataformats="HWC")
+    def _log_images(self, batch: dict, prediction, tag: str) -> None:
+        self.writer.add_image(f"{tag}/views", self.task.image_panel(batch, prediction), self.step, dataformats="HWC")
 
     def run_eval(self) -> dict | None:
         ecfg = self.cfg.eval
@@ -335,9 +339,14 @@ class Trainer:
             return None
         if self.eval_set is None:
             self.eval_set = eval_examples(OmegaConf.to_container(ecfg.shards) if OmegaConf.is_config(ecfg.shards)
-                                          else ecfg.shards, self.cfg.data, int(self.cfg.seed),
+                                          else ecfg.shards, self.data, int(self.cfg.seed),
                                           max_samples=ecfg.get("max_samples"))
-        metrics, panel = evaluate(self.model, self.eval_set, self.cfg, self.device, autocast=self.autocast)
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics, panel = self.task.evaluate(self.model, self.eval_set, self.device, self.autocast)
+        finally:
+            self.model.train()
         if self.rank == 0:
             log.info("eval step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             if self.writer is not None:

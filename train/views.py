@@ -1,4 +1,4 @@
-"""Which views of a sample a training step uses (ARCHITECTURE §4: default 8 of 32, 4 inputs).
+"""Which views of a sample a training step uses (docs/architecture.md §4: default 8 of 32, 4 inputs).
 
 Why a constraint: a novel view that no input view overlaps cannot be reconstructed, and four
 inputs bunched on one side waste the model's capacity. Both are judged on *normalised view
@@ -22,6 +22,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ViewSamplingConfig:
+    """``data.view_sampling``; the defaults are configs/data/base.yaml's (held equal by a test)."""
+
     num_views: int = 8
     num_input_views: int = 4
     policy: str = "random"
@@ -42,14 +44,6 @@ class ViewSamplingConfig:
                                  f"indices for policy 'fixed', got {self.fixed_views}")
             if len(set(self.fixed_views)) != len(self.fixed_views):
                 raise ValueError(f"data.view_sampling.fixed_views has duplicates: {self.fixed_views}")
-
-    @classmethod
-    def from_cfg(cls, cfg) -> "ViewSamplingConfig":
-        fixed = cfg.get("fixed_views")
-        return cls(num_views=int(cfg.num_views), num_input_views=int(cfg.num_input_views), policy=str(cfg.policy),
-                   fixed_views=tuple(int(i) for i in fixed) if fixed is not None else None,
-                   min_input_separation_deg=float(cfg.min_input_separation_deg),
-                   max_target_distance_deg=float(cfg.max_target_distance_deg), max_tries=int(cfg.max_tries))
 
 
 def view_directions(c2w: np.ndarray) -> np.ndarray:

@@ -24,9 +24,7 @@ through :func:`mousefacelift.models.facelift_ckpt.load_facelift_checkpoint`.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -35,38 +33,39 @@ from torch.utils.checkpoint import checkpoint
 
 from ..cameras import camera_rays
 from ..gaussians import Gaussians
-from ..config import configs_dir
 
-__all__ = ["GSLRMConfig", "GSLRM", "load_model_config"]
+__all__ = ["GSLRMConfig", "GSLRM", "approx_forward_flops"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GSLRMConfig:
-    """Architecture and output parameterisation; presets live in configs/model/*.yaml
-    (documented there). Defaults are FaceLift's values where it has one."""
+    """Architecture and output parameterisation. The presets in configs/model/*.yaml state
+    (and document) every field, so the dataclass has no defaults of its own except
+    ``head_hidden``, which only ``small`` sets (checkpoints of the other presets lack it);
+    build one from a preset with :func:`mousefacelift.models.model_config`."""
 
-    name: str = "custom"
-    patch_size: int = 8
-    width: int = 1024             # token dimension d
-    layers: int = 24
-    heads: int = 16
-    mlp_ratio: int = 4
-    sh_degree: int = 0
-    num_global_gaussians: int = 0  # FaceLift's extra learned Gaussian tokens (n_gaussians)
-    view_markers: bool = False     # FaceLift's add_refsrc_marker: reference vs source view embedding
-    near: float = 1.2              # bounded distance along the ray (FaceLift: 2.7 +- 1.5)
-    far: float = 4.2
-    depth_bias: float = 0.0
-    scale_bias: float = -2.3
-    scale_max_log: float = -1.2
-    opacity_bias: float = -2.0
-    init_std: float = 0.02
-    head_hidden: int = 0           # 0: FaceLift's linear per-token head; >0: LN -> linear(hidden) -> GELU -> linear
-    pixel_skip: bool = False       # add a zero-initialised linear map of each pixel's own 9 input channels
-    grad_checkpoint: bool = False  # recompute transformer blocks in backward (saves memory)
-    checkpoint_every: int = 1      # blocks per checkpointed segment
+    name: str
+    patch_size: int
+    width: int                    # token dimension d
+    layers: int
+    heads: int
+    mlp_ratio: int
+    sh_degree: int
+    num_global_gaussians: int     # FaceLift's extra learned Gaussian tokens (n_gaussians)
+    view_markers: bool            # FaceLift's add_refsrc_marker: reference vs source view embedding
+    near: float                   # bounded distance along the ray (FaceLift: 2.7 +- 1.5)
+    far: float
+    depth_bias: float
+    scale_bias: float
+    scale_max_log: float
+    opacity_bias: float
+    init_std: float
+    pixel_skip: bool              # add a zero-initialised linear map of each pixel's own 9 input channels
+    grad_checkpoint: bool         # recompute transformer blocks in backward (saves memory)
+    checkpoint_every: int         # blocks per checkpointed segment
+    head_hidden: int = 0          # 0: FaceLift's linear per-token head; >0: LN -> linear(hidden) -> GELU -> linear
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -86,39 +85,6 @@ class GSLRMConfig:
     @property
     def gaussian_dim(self) -> int:
         return 3 + (self.sh_degree + 1) ** 2 * 3 + 3 + 4 + 1
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> "GSLRMConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"GSLRMConfig: unknown model config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(cfg))
-
-
-def load_model_config(cfg: Any) -> GSLRMConfig:
-    """A GSLRMConfig from a preset name ("tiny", "base"), a yaml path, a dict or OmegaConf node."""
-    if isinstance(cfg, GSLRMConfig):
-        return cfg
-    if isinstance(cfg, (str, Path)):
-        path = Path(cfg)
-        if not path.suffix:
-            preset_dir = configs_dir() / "model"
-            path = preset_dir / f"{cfg}.yaml"
-        if not path.is_file():
-            presets = sorted(p.stem for p in preset_dir.glob("*.yaml"))
-            raise FileNotFoundError(f"model config {cfg!r}: no file {path}; presets: {presets}")
-        from omegaconf import OmegaConf
-        cfg = OmegaConf.load(path)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # omegaconf is a dependency, but plain dicts work without it
-        pass
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"model config must be a preset name, path, mapping or GSLRMConfig, got {type(cfg)}")
-    return GSLRMConfig.from_mapping(cfg)
 
 
 class SelfAttention(nn.Module):
@@ -197,10 +163,6 @@ class GSLRM(nn.Module):
         # squeeze through it; this skip hands each Gaussian its pixel's inputs directly.
         self.pixel_skip = nn.Linear(cfg.in_channels, cfg.gaussian_dim, bias=False) if cfg.pixel_skip else None
         self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "GSLRM":
-        return cls(load_model_config(cfg))
 
     def reset_parameters(self):
         std = self.config.init_std
@@ -322,5 +284,3 @@ def approx_forward_flops(cfg: GSLRMConfig, views: int, height: int, width: int) 
     io = 2 * L * d * cfg.in_channels * cfg.patch_size ** 2 + head
     return cfg.layers * per_block + io
 
-
-__all__.append("approx_forward_flops")

@@ -1,9 +1,10 @@
-"""Training losses for GS-LRM renders (ARCHITECTURE §4).
+"""Training losses for GS-LRM renders (docs/architecture.md §4).
 
 ``compute_losses(render_out, batch, cfg, step, gaussians=None) -> (total, parts)``
 
 Terms (a weight of 0 turns a term off; all weights and knobs live in :class:`LossConfig`,
-whose fields are the ``loss:`` keys of configs/train.yaml and configs/phase/*.yaml):
+whose fields are the ``loss:`` keys of configs/train.yaml (same defaults, held equal by a
+test) and configs/phase/*.yaml):
 - ``rgb``: MSE between the render (composited on the batch's background) and the batch's
   ``rgb`` (train.data composites the ground truth on the same ``background``; if the batch
   instead carries straight colours, :func:`composite_target` does the compositing);
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ...metrics import masked_psnr
 
 __all__ = ["LossConfig", "compute_losses", "composite_target", "VGGPerceptual", "load_perceptual"]
 
@@ -64,26 +67,6 @@ class LossConfig:
             raise ValueError("LossConfig: perceptual_weight > 0 needs perceptual_weights, the path of a local "
                              "torchvision-layout VGG16 state dict (weights are never downloaded); "
                              "set perceptual_weight: 0 to train without it")
-
-    @classmethod
-    def from_any(cls, cfg: Any) -> "LossConfig":
-        if isinstance(cfg, cls):
-            return cfg
-        if cfg is None:
-            return cls()
-        try:
-            from omegaconf import DictConfig, OmegaConf
-            if isinstance(cfg, DictConfig):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:
-            pass
-        if not isinstance(cfg, Mapping):
-            raise TypeError(f"loss config must be a mapping or LossConfig, got {type(cfg)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"loss config: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(cfg))
 
 
 def composite_target(batch: Mapping[str, torch.Tensor], background=None) -> torch.Tensor:
@@ -206,9 +189,8 @@ def pointmap_depth_loss(gaussians, input_c2w: torch.Tensor, input_depth: torch.T
     return (z[valid] - true[valid]).abs().mean()
 
 
-def compute_losses(render_out, batch: Mapping[str, Any], cfg: Any, step: int, gaussians=None):
+def compute_losses(render_out, batch: Mapping[str, Any], cfg: LossConfig, step: int, gaussians=None):
     """Weighted total and a dict of the (unweighted, detached) terms; see the module docstring."""
-    cfg = LossConfig.from_any(cfg)
     target = batch["rgb"].to(render_out.rgb.dtype)
     mask = batch["alpha"].to(render_out.alpha.dtype)
     parts: dict[str, torch.Tensor] = {}
@@ -249,7 +231,6 @@ def compute_losses(render_out, batch: Mapping[str, Any], cfg: Any, step: int, ga
         parts["scale_reg"] = s
         total = total + cfg.scale_reg_weight * s
     with torch.no_grad():
-        from .metrics import masked_psnr
         parts["psnr_masked"] = torch.nanmean(masked_psnr(render_out.rgb.detach(), target, mask,
                                                          render_out.alpha.detach()))
     parts = {k: v.detach() for k, v in parts.items()}

@@ -1,4 +1,4 @@
-"""Image panels for TensorBoard: inputs, predicted vs true views, depth.
+"""The GS-LRM TensorBoard image panel: inputs, predicted vs true views, depth.
 
 Layout (HWC float in [0,1]): row 1 the input views as the model saw them (augmented), row 2
 the true supervised views, row 3 the predicted views, rows 4-5 true and predicted depth of the
@@ -6,6 +6,7 @@ views, each normalised by the true depth range so they share one colour scale.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -16,7 +17,7 @@ def _row(imgs: torch.Tensor) -> torch.Tensor:
     return imgs.permute(2, 0, 3, 1).flatten(1, 2)
 
 
-def image_panel(batch: dict, out, num_inputs: int) -> torch.Tensor:
+def image_panel(batch: dict, out, num_inputs: int) -> np.ndarray:
     """Panel of the first example of ``batch`` and its render ``out`` (see module docstring)."""
     gt = batch["rgb"][0].detach().float().cpu()
     pr = out.rgb[0].detach().float().cpu().clamp(0, 1)
