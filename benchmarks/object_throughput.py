@@ -54,7 +54,7 @@ def main() -> None:
     cfg = to_container(compose("objects/render", [f"rig.name={a.rig}", f"resolution={a.resolution}",
                                                   f"preset={a.quality}"]))
     comp = ObjectComposer(cfg)
-    with BlenderRenderer(quality=a.quality, device="cpu") as r:
+    with BlenderRenderer(comp.dataset.quality, device="cpu") as r:
         r.render(comp.compose(10_000))   # warm-up: scene build, HDR load
         t = time.perf_counter()
         for i in range(a.objects):

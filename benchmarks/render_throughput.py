@@ -72,9 +72,9 @@ def naive(scenes, samples, denoiser, threads):
     return outs, time.perf_counter() - t0
 
 
-def fast(scenes, samples, threads, quality):
+def fast(scenes, preset, threads):
     outs = []
-    r = BlenderRenderer(quality=quality, device="cpu", samples=samples, threads=threads)
+    r = BlenderRenderer(preset, device="cpu", threads=threads)
     t0 = time.perf_counter()          # process-level setup is paid once per worker, not per pose
     try:
         for sc in scenes:
@@ -84,11 +84,11 @@ def fast(scenes, samples, threads, quality):
         r.close()
 
 
-def reference(scenes, samples, threads, quality, seed):
+def reference(scenes, preset, threads, seed):
     """High-sample renders: Blender's default bounces, tight adaptive threshold, full frame,
     ACCURATE prefilter, and a seed neither path uses."""
     outs = []
-    with BlenderRenderer(quality=quality, device="cpu", samples=samples, threads=threads) as r:
+    with BlenderRenderer(preset, device="cpu", threads=threads) as r:
         c = r.scene.cycles
         c.seed = seed
         c.max_bounces, c.diffuse_bounces, c.glossy_bounces, c.transmission_bounces = 12, 4, 4, 12
@@ -142,10 +142,10 @@ def main(argv=None) -> None:
     scenes = mouse_scenes(a.poses, a.views, size, a.seed)
     nviews = a.poses * a.views
     load0 = os.getloadavg()
-    fast_out, t_fast, _ = fast(scenes, samples, a.threads, a.quality)
+    fast_out, t_fast, _ = fast(scenes, preset.with_overrides(samples=samples), a.threads)
     naive_out, t_naive = naive(scenes, samples, preset.denoiser, a.threads)
     ref_scenes = [replace(sc, cameras=sc.cameras[:a.ref_views]) for sc in scenes]
-    ref_out = reference(ref_scenes, a.ref_samples, a.threads, a.quality, a.ref_seed)
+    ref_out = reference(ref_scenes, preset.with_overrides(samples=a.ref_samples), a.threads, a.ref_seed)
 
     def first(outs):
         return [replace(o, rgba=o.rgba[:a.ref_views]) for o in outs]
@@ -171,7 +171,7 @@ def main(argv=None) -> None:
         return
     # bytes per encoded sample and the time outside Blender's rendering, at the shard size
     enc = mouse_scenes(1, a.encode_views, a.encode_size, a.seed + 1000)[0]
-    e_out, t_e, exr_bytes = fast([enc], samples, a.threads, a.quality)
+    e_out, t_e, exr_bytes = fast([enc], preset.with_overrides(samples=samples), a.threads)
     o = e_out[0]
     t0 = time.perf_counter()
     sample = MultiViewSample(key=enc.key, meta={"schema": SCHEMA, "source": "mouse", "mm_per_unit": 1.0},

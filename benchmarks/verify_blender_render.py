@@ -41,6 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     from blender.backend import BlenderRenderer
+    from blender.quality import load_quality
     from mousefacelift.shards import ShardWriter, check_writable_dir
 
     out = check_writable_dir(args.out)
@@ -54,7 +55,7 @@ def main() -> None:
               "config": vars(args) | {"out": str(args.out)}, "config_hash": "verify_blender_render",
               "generator": "benchmarks/verify_blender_render.py"}
     t0 = time.perf_counter()
-    with BlenderRenderer(quality=args.quality, device="cpu") as r, \
+    with BlenderRenderer(load_quality(args.quality), device="cpu") as r, \
             ShardWriter(out, 0, prefix="mouse", header=header) as w:
         for i in range(args.poses):
             v = verts_all[i]

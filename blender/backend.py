@@ -11,7 +11,9 @@ how fast). All convention changes happen in :mod:`blender.conventions`.
 
 Usage::
 
-    with BlenderRenderer(quality="train") as r:
+    from blender.quality import load_quality
+
+    with BlenderRenderer(load_quality("train")) as r:
         views = r.render(scene_spec)      # RenderedViews: rgba, depth, normal, timings
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .conventions import (blender_camera_params, camera_normals, distort_views, 
 from .devices import configure_device
 from .exr import read_exr
 from .materials import SlotMaterial, set_image_pixels
-from .quality import QualityPreset, load_quality
+from .quality import QualityPreset
 from .world import HdrError, WorldRig
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ VIEW_LAYER = "mfl"
 CLIP_START = 1e-3          # world units; the subject sits ~2.7 units away, metric rigs ~1000
 CLIP_END = 1e5
 BORDER_MARGIN_PX = 1.0     # extra pixels around the subject's box, beyond the pixel filter's reach
-__all__ = ["BlenderRenderer", "RenderedViews", "HdrError"]
+__all__ = ["BlenderRenderer", "RenderedViews", "HdrError", "MeshSlot", "quiet_stdout"]
 
 
 @dataclass
@@ -62,7 +64,7 @@ class RenderedViews:
 
 
 @contextlib.contextmanager
-def _quiet_stdout():
+def quiet_stdout():
     """Silence Blender's per-sample progress lines (C-level stdout) during a render."""
     try:
         sys.stdout.flush()
@@ -85,7 +87,7 @@ def _ram_tmpdir() -> str:
     return tempfile.mkdtemp(prefix="mfl_blender_", dir=base)
 
 
-class _MeshSlot:
+class MeshSlot:
     """One reusable Blender mesh object (plus its material slots and texture image)."""
 
     def __init__(self, scene, index: int):
@@ -157,20 +159,19 @@ class BlenderRenderer:
     """A persistent Cycles scene that turns :class:`SceneSpec` objects into arrays.
 
     One per process (bpy has one global state): creating it resets Blender to an empty
-    factory scene. ``quality`` names a preset in ``configs/quality``; ``resolution`` (if
-    given) resizes every camera to that width, keeping its aspect; ``samples`` overrides
-    the preset's samples; ``threads`` = 0 uses all cores.
+    factory scene. ``preset`` is the resolved quality (see :mod:`blender.quality`); every
+    camera is rendered at its own image size. ``threads`` = 0 uses all cores.
     """
 
     _open: "BlenderRenderer | None" = None
 
-    def __init__(self, quality: str = "preview", device: str = "auto", resolution: int | None = None,
-                 samples: int | None = None, threads: int = 0):
+    def __init__(self, preset: QualityPreset, device: str = "auto", threads: int = 0):
         if BlenderRenderer._open is not None:
             raise RuntimeError("a BlenderRenderer is already open in this process (bpy has one global scene); "
                                "close() it first")
-        self.preset: QualityPreset = load_quality(quality).with_overrides(None, samples)
-        self.resolution = None if resolution is None else self.preset.with_overrides(resolution).resolution
+        if not isinstance(preset, QualityPreset):
+            raise TypeError(f"preset: expected a blender.quality.QualityPreset, got {type(preset).__name__}")
+        self.preset = preset
         if int(threads) < 0:
             raise ValueError(f"threads: expected >= 0 (0 = all cores), got {threads}")
         self.threads = int(threads)
@@ -185,7 +186,7 @@ class BlenderRenderer:
         self.camera = bpy.data.objects.new("mfl_camera", cam_data)
         self.scene.collection.objects.link(self.camera)
         self.scene.camera = self.camera
-        self._meshes: list[_MeshSlot] = []
+        self._meshes: list[MeshSlot] = []
         self.exr_bytes = 0            # bytes of pass files read so far (for the benchmark's raw-size figure)
         BlenderRenderer._open = self
         log.info("Blender %s ready: quality=%s samples=%d device=%s threads=%s tmp=%s", bpy.app.version_string,
@@ -236,10 +237,9 @@ class BlenderRenderer:
         r.filepath = os.path.join(self._tmp, "view.exr")
 
     # -- rendering -----------------------------------------------------------------------
-    def _cameras(self, scene: SceneSpec) -> list[Camera]:
+    @staticmethod
+    def _cameras(scene: SceneSpec) -> list[Camera]:
         cams = list(scene.cameras)
-        if self.resolution is not None:
-            cams = [c.resized(self.resolution, max(1, round(c.height * self.resolution / c.width))) for c in cams]
         sizes = {(c.width, c.height) for c in cams}
         if len(sizes) != 1:
             raise ValueError(f"scene {scene.key!r}: all cameras must share one image size to stack views, got {sorted(sizes)}")
@@ -299,7 +299,7 @@ class BlenderRenderer:
         scene.validate()
         cams = self._cameras(scene)
         while len(self._meshes) < len(scene.meshes):
-            self._meshes.append(_MeshSlot(self.scene, len(self._meshes)))
+            self._meshes.append(MeshSlot(self.scene, len(self._meshes)))
         for i, slot in enumerate(self._meshes):
             slot.obj.hide_render = i >= len(scene.meshes)
             if i < len(scene.meshes):
@@ -320,7 +320,7 @@ class BlenderRenderer:
             self._set_camera(cam)
             self._set_border(None if points is None else subject_border(cam, points, margin))
             t = time.perf_counter()
-            with _quiet_stdout():
+            with quiet_stdout():
                 bpy.ops.render.render(write_still=True)
             t_render += time.perf_counter() - t
             rgba[v], depth[v], normal[v] = self._read_passes(path, cam)

@@ -25,14 +25,13 @@ import numpy as np
 
 from mousefacelift.scene import SceneSpec
 
-from .backend import VIEW_LAYER, RenderedViews, _MeshSlot, _quiet_stdout
+from .backend import VIEW_LAYER, MeshSlot, RenderedViews, quiet_stdout
 from .conventions import blender_camera_params, camera_normals, planar_depth, straight_srgb8
 from .exr import read_exr
 from .world import WorldRig
 
 
-def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out_dir: str,
-                 resolution: int | None = None) -> RenderedViews:
+def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out_dir: str) -> RenderedViews:
     """Render every camera of ``spec`` the naive way; EXRs go to ``out_dir`` (on disk)."""
     t0 = time.perf_counter()
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -40,10 +39,8 @@ def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out
     r = scene.render
     r.engine = "CYCLES"
     scene.cycles.device = "CPU"
-    # the three equalised settings
+    # the three equalised settings (resolution: the cameras' own image size)
     cams = list(spec.cameras)
-    if resolution is not None:
-        cams = [c.resized(resolution, max(1, round(c.height * resolution / c.width))) for c in cams]
     scene.cycles.samples = int(samples)
     scene.cycles.use_denoising = denoiser != "NONE"
     if denoiser != "NONE":
@@ -59,7 +56,7 @@ def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out
     r.image_settings.file_format = "OPEN_EXR_MULTILAYER"       # codec and depth: Blender's defaults
     # the scene content, same builders as the fast path (world importance map: Blender's default)
     for i, mesh in enumerate(spec.meshes):
-        _MeshSlot(scene, i).update(mesh)
+        MeshSlot(scene, i).update(mesh)
     world = WorldRig(scene, None)
     world.apply(spec.environment)
     world.apply_lights(list(spec.area_lights))
@@ -84,7 +81,7 @@ def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out
         path = os.path.join(out_dir, f"{spec.key}_{v:03d}.exr")
         r.filepath = path
         t = time.perf_counter()
-        with _quiet_stdout():
+        with quiet_stdout():
             bpy.ops.render.render(write_still=True)
         t_render += time.perf_counter() - t
         ch = read_exr(path)

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _rig_override(name: str) -> str:
+def rig_override(name: str) -> str:
+    """``--rig NAME`` as a hydra override: a configs/rig/ file, else a make_rig spec."""
     from mousefacelift.config import configs_dir
 
     file_name = name.replace("+", "_")
@@ -79,7 +80,7 @@ def overrides_from_args(a: argparse.Namespace) -> list[str]:
     """Flags -> hydra overrides (flags first, so free KEY=VALUE arguments win)."""
     ov: list[str] = []
     if a.rig is not None:
-        ov.append(_rig_override(a.rig))
+        ov.append(rig_override(a.rig))
     simple = {"poses": "run.poses", "out": "run.out", "workers": "run.workers", "model": "body_model", "seed": "seed",
               "quality": "preset", "resolution": "resolution", "samples": "samples",
               "samples_per_shard": "samples_per_shard", "recycle_every": "run.recycle_every",
@@ -87,7 +88,7 @@ def overrides_from_args(a: argparse.Namespace) -> list[str]:
     for attr, key in simple.items():
         v = getattr(a, attr)
         if v is not None:
-            ov.append(f"{key}={_quote(v)}")
+            ov.append(f"{key}={quote_value(v)}")
     for o in a.overrides:
         if "=" not in o:
             raise RenderError(f"argument {o!r}: expected a KEY=VALUE config override (see configs/render.yaml)")
@@ -95,7 +96,8 @@ def overrides_from_args(a: argparse.Namespace) -> list[str]:
     return ov
 
 
-def _quote(v) -> str:
+def quote_value(v) -> str:
+    """A flag value quoted for a hydra ``key=value`` override where it needs it."""
     s = str(v)
     if isinstance(v, str) and any(c in s for c in " ,[]{}=:'\"\\") or s == "":
         return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -106,7 +108,6 @@ def _quote(v) -> str:
 def validate_config(cfg) -> None:
     """Clear errors for impossible values before any work starts (names the key and the value)."""
     from mousefacelift.cameras import make_rig
-    from synth.mouse.compose import quality_preset
 
     run = cfg["run"]
     checks = [("run.poses (--poses)", run["poses"], 1), ("samples_per_shard (--samples-per-shard)", cfg["samples_per_shard"], 1),
@@ -118,10 +119,6 @@ def validate_config(cfg) -> None:
         v = cfg.get(name)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise RenderError(f"{name} must be a positive integer or null, got {v!r}")
-    try:
-        quality_preset(str(cfg["preset"]))
-    except ValueError as e:
-        raise RenderError(f"--quality: {e}") from None
     try:
         make_rig(str(cfg["rig"]["name"]), size=8, radius=float(cfg["rig"]["radius"]), fov_deg=float(cfg["rig"]["fov_deg"]))
     except ValueError as e:
@@ -148,10 +145,14 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     from mousefacelift.config import to_container
     from mousefacelift import shards as S
     from synth.mouse import workers as W
-    from synth.mouse.compose import dataset_config
+    from synth.mouse.dataset import render_dataset
 
     plain = to_container(cfg)
     validate_config(plain)
+    try:
+        dataset = render_dataset(plain)
+    except ValueError as e:
+        raise RenderError(str(e)) from None
     run_cfg = plain["run"]
     N, Ssz = int(run_cfg["poses"]), int(plain["samples_per_shard"])
     try:
@@ -162,15 +163,14 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     # Compose one scene in the parent: loads the body model, the pose sampler, the coat and
     # the HDRI pool, so a bad model folder / HDR folder stops here, before any worker starts.
     try:
-        composer = W.make_composer(plain)
+        composer = W.make_composer(plain, dataset)
         # a source may define its own check (a mesh folder's first file may be a skipped one)
         getattr(composer, "preflight", lambda: composer.compose(0))()
     except (FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError) as e:
         raise RenderError(f"cannot prepare the scene: {type(e).__name__}: {e}") from None
-    dcfg = dataset_config(plain)
     chash = composer.config_hash
     header = {"source": plain["source"], "prefix": plain["prefix"], "samples_per_shard": Ssz, "seed": int(plain["seed"]),
-              "config": dcfg, "config_hash": chash, "generator": dict(plain["generator"])}
+              "config": dataset.config, "config_hash": chash, "generator": dict(plain["generator"])}
 
     out = Path(str(run_cfg["out"])).expanduser()
     if not (dry_run and not out.exists()):     # a dry run creates nothing
@@ -223,7 +223,7 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
     log.info("%s: %d poses in %d shards of %d; this job (%s: %d of %d) owns %d shards, %d already complete, "
              "%d to render (%d poses) with %d worker(s) x %d thread(s); quality %s, %dpx, rig %s, config %s",
              out, N, W.num_shards(N, Ssz), Ssz, slot.origin, slot.job_index, slot.num_jobs, len(mine),
-             len(mine) - len(todo), len(todo), todo_poses, workers, threads, plain["preset"], dcfg["image_size"],
+             len(mine) - len(todo), len(todo), todo_poses, workers, threads, plain["preset"], dataset.image_size,
              plain["rig"]["name"], chash)
     summary = {"out": str(out), "config_hash": chash, "job": slot.job_index, "num_jobs": slot.num_jobs,
                "shards_owned": len(mine), "shards_todo": len(todo), "poses_todo": todo_poses, "rendered_shards": [],
@@ -233,7 +233,7 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
             log.info("nothing to do: every shard of this job is complete")
         return summary
 
-    pool = _Pool(todo, workers, dict(cfg=plain, out_dir=str(out), poses=N, header=header,
+    pool = _Pool(todo, workers, dict(cfg=plain, dataset=dataset, out_dir=str(out), poses=N, header=header,
                                      recycle_every=int(run_cfg["recycle_every"]), threads=threads,
                                      device=str(run_cfg["device"]), force=force, log_level=log_level))
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from blender.backend import BlenderRenderer, HdrError  # noqa: E402
+from blender.quality import load_quality  # noqa: E402
 from mousefacelift.cameras import Camera, intrinsics_from_fov, look_at  # noqa: E402
 from mousefacelift.meshraster import rasterize  # noqa: E402
 from mousefacelift.scene import (AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec,  # noqa: E402
@@ -59,7 +60,7 @@ WHITE = EnvironmentSpec(color=(1.0, 1.0, 1.0), strength=1.0)
 
 @pytest.fixture(scope="module")
 def renderer():
-    with BlenderRenderer(quality="preview", device="auto", samples=4, threads=2) as r:
+    with BlenderRenderer(load_quality("preview").with_overrides(samples=4), device="auto", threads=2) as r:
         yield r
 
 
@@ -210,7 +211,7 @@ def test_memory_stays_flat_across_repeated_renders(renderer):
 
 def test_only_one_renderer_per_process(renderer):
     with pytest.raises(RuntimeError, match="already open"):
-        BlenderRenderer(quality="preview")
+        BlenderRenderer(load_quality("preview"))
 
 
 def test_first_render_of_a_new_mesh_slot_uses_every_region_material(renderer):

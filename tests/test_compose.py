@@ -1,11 +1,15 @@
 """synth.compose: pose + coat + lights + rig -> SceneSpec, deterministic per (seed, index)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mousefacelift.config import compose, to_container
 from mousefacelift.shards import SCHEMA
 from synth.mouse import compose as C
+from synth.mouse.dataset import render_dataset
 
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,7 @@ def test_meta_cameras_and_depth_ranges(model, cfg):
     s = C.MouseComposer(model, cfg).compose(2)
     m = s.meta
     assert m["schema"] == SCHEMA and m["source"] == "mouse" and m["index"] == 2 and m["seed"] == 7
-    assert m["config_hash"] == C.dataset_config_hash(cfg) and m["generator"]["name"] == "synth.render"
+    assert m["config_hash"] == render_dataset(cfg).config_hash and m["generator"]["name"] == "synth.render"
     for k in ("pose", "appearance", "lighting", "body_model", "normalization"):
         assert k in m, k
     assert len(s.cameras) == 6 and all(c.width == 32 for c in s.cameras)
@@ -94,10 +98,62 @@ def test_meta_cameras_and_depth_ranges(model, cfg):
 
 
 def test_dataset_config_hash_ignores_operational_settings(cfg):
-    a = C.dataset_config_hash(cfg)
-    assert C.dataset_config_hash({**cfg, "run": {**cfg["run"], "workers": 7, "out": "/elsewhere"}}) == a
-    assert C.dataset_config_hash({**cfg, "seed": 8}) != a
-    assert C.dataset_config_hash({**cfg, "preset": "final"}) != a
+    def chash(c):
+        return render_dataset(c).config_hash
+
+    a = chash(cfg)
+    assert chash({**cfg, "run": {**cfg["run"], "workers": 7, "out": "/elsewhere"}}) == a
+    assert chash({**cfg, "seed": 8}) != a
+    assert chash({**cfg, "preset": "final"}) != a
+
+
+def test_quality_is_resolved_once_with_the_configs_overrides(cfg):
+    from blender.quality import load_quality
+
+    d = render_dataset({**cfg, "preset": "preview", "resolution": 48, "samples": 3})
+    preset = load_quality("preview")
+    assert d.quality == preset.with_overrides(48, 3) and d.image_size == 48
+    # the dataset config records the preset as its file states it, beside the resolved size
+    assert d.config["quality_preset"] == preset.settings() and d.config["image_size"] == 48
+    assert "name" not in d.config["quality_preset"] and "run" not in d.config
+    assert render_dataset({**cfg, "preset": "preview", "resolution": None}).image_size == preset.resolution
+
+
+def test_bad_quality_presets_are_named(cfg, tmp_path):
+    from blender.quality import load_quality
+
+    with pytest.raises(ValueError, match="quality 'ultra': no preset file"):
+        render_dataset({**cfg, "preset": "ultra"})
+    good = (REPO / "configs/quality/preview.yaml").read_text()
+    (tmp_path / "odd.yaml").write_text(good.replace("denoiser: OPENIMAGEDENOISE", "denoiser: OPTIX"))
+    with pytest.raises(ValueError, match=r"odd.yaml.denoiser: 'OPTIX' is not one of"):
+        load_quality("odd", tmp_path)
+    (tmp_path / "extra.yaml").write_text(good + "bloom: true\n")
+    with pytest.raises(ValueError, match=r"extra.yaml: unknown key\(s\) \['bloom'\]"):
+        load_quality("extra", tmp_path)
+    (tmp_path / "zero.yaml").write_text(good.replace("samples: 16", "samples: 0"))
+    with pytest.raises(ValueError, match="zero.yaml: samples: expected a positive count, got 0"):
+        load_quality("zero", tmp_path)
+
+
+def test_meta_readers_find_what_the_composers_write(model, cfg):
+    from synth.mouse import meta as M
+    from synth.mouse.appearance import FAMILIES
+    from synth.objects.composer import ObjectComposer
+
+    def with_sky(p):
+        return {**cfg, "lighting": {**cfg["lighting"], "sky": {**cfg["lighting"]["sky"], "probability": p}}}
+
+    m = C.MouseComposer(model, with_sky(0.0)).compose(1).meta
+    assert M.body_model(m) == model.name and M.pose_family(m) == m["pose"]["family"]
+    assert M.coat_family(m) in FAMILIES
+    assert M.environment(m).startswith("builtin:") and M.light_strength(m) == m["lighting"]["strength"]
+    assert M.area_light_count(m) == len(m["lighting"]["area_lights"])
+    assert M.environment(C.MouseComposer(model, with_sky(1.0)).compose(1).meta) == "sky"
+    objects = to_container(compose("objects/render", ["rig=mv6", "resolution=32"]))
+    o = ObjectComposer(objects).compose(0).meta
+    assert M.environment(o) is not None and M.pose_family(o) is M.coat_family(o) is M.body_model(o) is None
+    assert M.environment({"source": "real"}) is M.light_strength({"source": "real"}) is None
 
 
 def test_bad_fill_is_refused():

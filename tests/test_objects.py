@@ -7,7 +7,8 @@ import trimesh
 import yaml
 from PIL import Image
 
-from synth.objects.generate import (MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, procedural_object)
+from synth.objects.generate import (MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, load_object_config,
+                                    procedural_object)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,10 +109,13 @@ def test_procedural_objects_vary_and_are_deterministic():
     assert a.vertices.shape != c.vertices.shape or not np.allclose(a.vertices, c.vertices)
 
 
-def test_config_yaml_mirrors_dataclass():
+def test_config_yaml_and_dataclass_defaults_agree():
     d = yaml.safe_load((REPO / "configs/objects/procedural.yaml").read_text())
-    assert ObjectConfig.from_dict(d) == ObjectConfig()
-    with pytest.raises(ValueError, match="unknown keys"):
-        ObjectConfig.from_dict({"nonsense": 1})
-    with pytest.raises(ValueError, match="fit"):
-        ObjectConfig.from_dict({"fit": 2.0})
+    assert set(d) == set(ObjectConfig.__dataclass_fields__)
+    assert load_object_config("procedural") == ObjectConfig()
+    with pytest.raises(ValueError, match=r"overrides \['nonsense'\]: unknown key\(s\) \['nonsense'\]"):
+        load_object_config("procedural", {"nonsense": 1})
+    with pytest.raises(ValueError, match=r"overrides \['fit'\]: fit: expected a value in \(0, 1\], got 2.0"):
+        load_object_config("procedural", {"fit": 2.0})
+    with pytest.raises(ValueError, match=r"\['max_parts'\].max_parts: 'many' is not a valid int"):
+        load_object_config("procedural", {"max_parts": "many"})

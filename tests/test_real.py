@@ -1,16 +1,24 @@
 """Real captures: calibration readers, normalisation maths, crop/resize sync, masks, ingest."""
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mousefacelift.cameras import Camera, look_at
+from mousefacelift.config import typed
+from mousefacelift.imaging import pinhole, pixels_to_normalized, resample_view
 from mousefacelift.shards import MultiViewSample
 from synth.real.calibration import Calibration, load_calibration, save_calibration
+from synth.real.fake_capture import FakeCaptureConfig, load_fake_config
+from synth.real.ingest import load_config
 from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
-from synth.real.normalize import (build_real_sample, NormalizeConfig, Normalization, estimate_normalization, mask_is_cut, normalize_frame_set, pinhole,
-                        pixels_to_normalized, resample_view, rotation_to_z, triangulate)
+from synth.real.normalize import (NormalizeConfig, Normalization, build_real_sample, estimate_normalization,
+                                  mask_is_cut, normalize_frame_set, rotation_to_z, triangulate)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _ring_cams(n=6, radius=300.0, size=(160, 128), dist=None, center=(20.0, -10.0, 15.0)) -> list[Camera]:
@@ -247,3 +255,22 @@ def test_mouse_cut_by_the_sensor_edge_neither_shrinks_the_hull_nor_enters_the_sa
     assert sorted(diag["views_dropped"]) == ["cam1", "cam2"] and "cut off" in diag["views_dropped"]["cam1"]
     with pytest.raises(ValueError, match=r"only 4 of 6 views are usable \(normalize.min_views = 5\).*cam1"):
         normalize_frame_set(frames, masks, cams, up, replace(cfg, min_views=5))
+
+
+def test_config_yamls_and_dataclass_defaults_agree():
+    cfg = load_config()
+    for cls, section in ((NormalizeConfig, "normalize"), (MaskConfig, "masks")):
+        assert set(cfg[section]) == set(cls.__dataclass_fields__), section
+        assert typed(cls, cfg[section], section) == cls(), section
+    d = yaml.safe_load((REPO / "configs/real/fake_capture.yaml").read_text())
+    assert set(d) == set(FakeCaptureConfig.__dataclass_fields__)
+    assert asdict(load_fake_config()) == asdict(FakeCaptureConfig())
+
+
+def test_bad_real_config_values_are_named():
+    with pytest.raises(ValueError, match=r"normalize.size: 'big' is not a valid int"):
+        typed(NormalizeConfig, {**load_config()["normalize"], "size": "big"}, "normalize")
+    with pytest.raises(ValueError, match=r"masks: unknown key\(s\) \['treshold'\]"):
+        typed(MaskConfig, {"treshold": 3}, "masks")
+    with pytest.raises(ValueError, match=r"fake_capture.yaml.renderer: 'opengl' is not one of \['blender', 'raster'\]"):
+        load_fake_config(overrides={"renderer": "opengl"})

@@ -80,9 +80,10 @@ def test_three_sources_share_one_schema(fake_capture, tmp_path):
     obj = MultiViewSample(key=scene.key, meta=scene.meta, rgba=rgba, cameras=scene.cameras, depth=depth)
     obj = MultiViewSample.decode(obj.encode()).to_tensors()
     mcfg = to_container(compose("render", ["rig.name=sphere2", "resolution=16"]))
+    from synth.mouse.dataset import render_dataset
     from synth.mouse.workers import make_composer
 
-    mscene = make_composer(mcfg).compose(0)
+    mscene = make_composer(mcfg, render_dataset(mcfg)).compose(0)
     mouse = MultiViewSample(key=mscene.key, meta=mscene.meta, rgba=rgba, cameras=mscene.cameras, depth=depth,
                             arrays=mscene.arrays)
     mouse = MultiViewSample.decode(mouse.encode()).to_tensors()

@@ -158,12 +158,13 @@ def test_render_resume_after_kill_and_split_determinism(tmp_path, caplog):
 def test_manifest_is_repaired_from_sidecars_when_a_run_died_before_merging(tmp_path, capsys):
     """A worker killed between a shard's sidecar and the manifest merge: the next run lists it again."""
     from mousefacelift.config import compose, to_container
-    from synth.mouse.compose import dataset_config, dataset_config_hash
+    from synth.mouse.dataset import render_dataset
 
     args = ["--poses", "2", "--out", str(tmp_path), *TINY]
     cfg = to_container(compose("render", R.overrides_from_args(R.build_parser().parse_args(args))))
+    dataset = render_dataset(cfg)
     header = {"source": "mouse", "prefix": "mouse", "samples_per_shard": 1, "seed": 11,
-              "config": dataset_config(cfg), "config_hash": dataset_config_hash(cfg), "generator": cfg["generator"]}
+              "config": dataset.config, "config_hash": dataset.config_hash, "generator": cfg["generator"]}
     for k in range(2):
         with S.ShardWriter(tmp_path, k, prefix="mouse", header=header) as w:
             w.write({"__key__": f"mouse_{k:09d}", "meta.json": b"{}"})

@@ -6,64 +6,29 @@ the same scene whatever batch, worker, shard split or cluster job it is composed
 sequence is split into independent child streams (appearance, lighting, rig), so adding a
 random draw to one part never shifts the others.
 
-Normalisation (ARCHITECTURE §3): the posed mesh's bounding box is centred at the origin and
+Normalisation (docs/architecture.md §3): the posed mesh's bounding box is centred at the origin and
 its longest half-extent scaled to ``cfg.normalize.fill`` (< 1), so the subject lies inside
 [-1, 1]^3. ``meta["normalization"] = {"center", "scale"}`` records world = (model - center)
 * scale, and ``meta["mm_per_unit"] = model.mm_per_unit / scale`` keeps metric size.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, is_dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from mousefacelift.cameras import make_rig
-from mousefacelift.config import config_hash, configs_dir, to_container
+from mousefacelift.config import to_container
+from mousefacelift.scene import MaterialSpec, MeshSpec, SceneSpec, depth_range_for
 from mousefacelift.shards import SCHEMA
-from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for
-
-log = logging.getLogger(__name__)
+from synth.mouse.appearance import AppearanceSampler
+from synth.mouse.dataset import RenderDataset, render_dataset
+from synth.mouse.lighting import LightingSampler
+from synth.mouse.meta import json_safe
 
 # Child streams of SeedSequence([seed, index]); the order is part of the data definition.
 STREAMS = ("appearance", "lighting", "rig")
-OPERATIONAL_KEYS = ("run",)     # config sections that do not change the data (excluded from the hash)
-
-
-# -- config helpers ------------------------------------------------------------------------
-def _plain(cfg: Any) -> Any:
-    return to_container(cfg) if cfg is not None else {}
-
-
-def quality_preset(name: str) -> dict:
-    """The renderer preset ``configs/quality/{name}.yaml`` as a dict (it shapes the data, so it
-    is part of the dataset config). Read here without importing the Blender backend."""
-    import yaml
-
-    path = configs_dir() / "quality" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        raise ValueError(f"quality {name!r}: no preset file {path} (known: {known})")
-    with open(path) as f:
-        return dict(yaml.safe_load(f) or {})
-
-
-def dataset_config(cfg: Any) -> dict:
-    """The part of the render config that defines the data: everything except ``run``, plus
-    the resolved quality preset and image size. Its hash is the dataset's ``config_hash``."""
-    c = dict(_plain(cfg))
-    for k in OPERATIONAL_KEYS:
-        c.pop(k, None)
-    preset = quality_preset(str(c.get("preset", "train")))
-    c["quality_preset"] = preset
-    c["image_size"] = int(c.get("resolution") or preset["resolution"])
-    return c
-
-
-def dataset_config_hash(cfg: Any) -> str:
-    return config_hash(dataset_config(cfg))
 
 
 def sample_key(index: int, source: str = "mouse") -> str:
@@ -87,39 +52,22 @@ def normalization(vertices: np.ndarray, fill: float) -> tuple[np.ndarray, float]
     return (lo + hi) / 2, fill / half
 
 
-def _json_safe(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return _json_safe(asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    return obj
-
-
 # -- the composer --------------------------------------------------------------------------
 class MouseComposer:
     """Holds what is expensive to build once per worker (body model, pose sampler, HDRI pool)
     and composes any pose index into a SceneSpec."""
 
-    def __init__(self, model, cfg: Any):
+    def __init__(self, model, cfg: Any, dataset: RenderDataset | None = None):
         from mousefacelift.body import PoseSampler
 
         self.model = model
-        self.cfg = cfg
-        self.plain = _plain(cfg)
-        self.dataset_config = dataset_config(cfg)
-        self.config_hash = config_hash(self.dataset_config)
+        self.plain = to_container(cfg)
+        self.dataset = dataset or render_dataset(self.plain)
+        self.config_hash = self.dataset.config_hash
         self.sampler = PoseSampler(model, self.plain.get("pose") or None)
-        self.size = int(self.dataset_config["image_size"])
-        self._appearance = _appearance_api(self.plain.get("appearance") or {})
-        self._lighting = _lighting_api(self.plain.get("lighting") or None)
+        self.size = self.dataset.image_size
+        self.coats = AppearanceSampler(self.plain.get("appearance") or None)
+        self.lights = LightingSampler(self.plain.get("lighting") or None)
 
     def compose(self, index: int, seed: int | None = None) -> SceneSpec:
         index = int(index)
@@ -139,8 +87,8 @@ class MouseComposer:
         to_world = lambda x: ((x - center) * scale).astype(np.float32)   # noqa: E731
         wverts = to_world(verts)
 
-        materials, appearance_meta = self._appearance(rngs["appearance"], list(model.region_names))
-        environment, area_lights, lighting_meta = self._lighting(rngs["lighting"])
+        materials, appearance_meta = self._coat(rngs["appearance"], list(model.region_names))
+        environment, area_lights, lighting_meta = self.lights.sample(rngs["lighting"])
 
         rig = plain["rig"]
         cams = make_rig(str(rig["name"]), size=self.size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]),
@@ -171,8 +119,8 @@ class MouseComposer:
             "mm_per_unit": float(model.mm_per_unit) / scale,
             "normalization": {"center": [float(x) for x in center], "scale": float(scale)},
             "pose": pose_meta,
-            "appearance": _json_safe(appearance_meta),
-            "lighting": _json_safe(lighting_meta),
+            "appearance": json_safe(appearance_meta),
+            "lighting": json_safe(lighting_meta),
             "rig": str(rig["name"]),
             "joints_layout": {"joints": [0, J], "keypoints": [J, J + P],
                               "keypoint_names": list(getattr(model, "keypoint_names", [])),
@@ -184,39 +132,12 @@ class MouseComposer:
                           key=sample_key(index, source))
         return scene.validate()
 
-
-def compose_mouse(index: int, seed: int, model, cfg: Any) -> SceneSpec:
-    """One-off convenience: build a composer and compose ``index`` (workers keep a MouseComposer)."""
-    return MouseComposer(model, cfg).compose(index, seed)
-
-
-# -- coat and lighting (helper modules synth.appearance / synth.lighting) ----------------------
-def _appearance_api(cfg: Mapping | None):
-    """``(rng, region_names) -> (materials {region: MaterialSpec}, meta dict)``; every region
-    of the body model must get a material (a model with an unknown region fails clearly)."""
-    from synth.mouse.appearance import AppearanceSampler
-
-    sampler = AppearanceSampler(dict(cfg) if cfg else None)
-
-    def sample(rng: np.random.Generator, regions: list[str]):
-        materials, meta = sampler.sample(rng)
+    def _coat(self, rng: np.random.Generator, regions: list[str]) -> tuple[dict[str, MaterialSpec], dict]:
+        """A material for every region of the body model (a model with a region the coat
+        sampler does not cover fails clearly)."""
+        materials, meta = self.coats.sample(rng)
         missing = [r for r in regions if r not in materials]
         if missing:
             raise ValueError(f"appearance: no material for body regions {missing} (the coat sampler covers "
                              f"{sorted(materials)})")
-        return {r: materials[r] for r in regions}, dict(meta)
-
-    return sample
-
-
-def _lighting_api(cfg: Mapping | None):
-    """``rng -> (EnvironmentSpec, [AreaLightSpec], meta dict)``."""
-    from synth.mouse.lighting import LightingSampler
-
-    sampler = LightingSampler(dict(cfg) if cfg else None)
-
-    def sample(rng: np.random.Generator):
-        env, lights, meta = sampler.sample(rng)
-        return env, list(lights), dict(meta)
-
-    return sample
+        return {r: materials[r] for r in regions}, meta

@@ -18,6 +18,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from synth.mouse.dataset import RenderDataset
+
 log = logging.getLogger(__name__)
 
 
@@ -96,6 +98,7 @@ class WorkerArgs:
 
     worker_id: int
     cfg: dict                 # the composed render config as a plain dict
+    dataset: RenderDataset    # that config resolved once by the parent (dataset config, hash, quality)
     out_dir: str
     poses: int
     header: dict              # manifest header
@@ -144,9 +147,9 @@ def render_sample(composer, renderer, index: int, normals: bool, png_level: int,
     return fields
 
 
-def make_composer(cfg: Mapping):
+def make_composer(cfg: Mapping, dataset: RenderDataset):
     """The sample source of this render: ``cfg["composer"]`` = ``"module:factory"`` names a
-    ``factory(cfg)`` returning an object with ``.compose(index) -> SceneSpec`` and
+    ``factory(cfg, dataset)`` returning an object with ``.compose(index) -> SceneSpec`` and
     ``.config_hash`` (e.g. ``synth.render_objects:ObjectComposer``); absent = the mouse."""
     spec = cfg.get("composer")
     if spec:
@@ -157,24 +160,11 @@ def make_composer(cfg: Mapping):
             factory = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"composer {spec!r}: cannot import ({e}); expected 'module:factory'") from None
-        return factory(cfg)
+        return factory(cfg, dataset)
     from mousefacelift.body import load_body_model
     from synth.mouse.compose import MouseComposer
 
-    return MouseComposer(load_body_model(cfg["body_model"]), cfg)
-
-
-def make_renderer(cfg: Mapping, device: str, threads: int):
-    """The Blender backend for this worker (imported here: only workers load bpy)."""
-    import inspect
-
-    from blender.backend import BlenderRenderer
-
-    kw = {"quality": cfg["preset"], "device": device, "resolution": cfg.get("resolution"), "samples": cfg.get("samples")}
-    params = inspect.signature(BlenderRenderer).parameters
-    if "threads" in params and threads:
-        kw["threads"] = int(threads)
-    return BlenderRenderer(**kw)
+    return MouseComposer(load_body_model(cfg["body_model"]), cfg, dataset)
 
 
 def worker_main(args: WorkerArgs, tasks, results) -> None:
@@ -192,8 +182,10 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
         # Composing one pose is tiny torch work; intra-op threads would only spin against
         # Blender's render threads on the same cores (measured 10x slower sampling).
         torch.set_num_threads(1)
-        composer = make_composer(cfg)
-        renderer = make_renderer(cfg, args.device, args.threads)
+        composer = make_composer(cfg, args.dataset)
+        from blender.backend import BlenderRenderer   # only workers load bpy
+
+        renderer = BlenderRenderer(args.dataset.quality, device=args.device, threads=args.threads)
     except Exception as e:   # setup failures are the same for every retry
         results.put(("error", wid, None, f"worker setup failed: {type(e).__name__}: {e}", True,
                      traceback.format_exc()))

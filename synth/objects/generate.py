@@ -13,22 +13,25 @@ Two sources, one output (a list of MeshSpecs normalised into the [-1, 1]^3 cube)
   some with thin parts (rods, plates) or articulated chains. Everything is drawn from a
   generator seeded by ``(seed, index)`` only, so any worker can make any index.
 
-Defaults live in :class:`ObjectConfig` (mirrored and documented in
-``configs/objects/procedural.yaml``).
+Settings: ``configs/objects/procedural.yaml`` (documented there), read into
+:class:`ObjectConfig` by :func:`load_object_config`; the dataclass's defaults equal the
+file's values (a test holds them together).
 """
 from __future__ import annotations
 
 import colorsys
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Mapping
 
 import numpy as np
 import trimesh
+import yaml
 from scipy.spatial.transform import Rotation
 
+from mousefacelift.config import configs_dir, typed
 from mousefacelift.scene import MaterialSpec, MeshSpec
 
 log = logging.getLogger(__name__)
@@ -77,35 +80,33 @@ class ObjectConfig:
     bake_texture_size: int = 1024                      # max side of the texture that vertex/face colours are baked into
     default_color: tuple[float, float, float] = (0.7, 0.7, 0.7)  # for files without any colour
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "objects config") -> "ObjectConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
-        for k, v in list(d.items()):
-            if isinstance(v, list):
-                d[k] = tuple(v)
-        cfg = cls(**d)
-        cfg.validate(where)
-        return cfg
-
-    def validate(self, where: str = "objects config") -> None:
+    def __post_init__(self):
         if not 0 < self.fit <= 1:
-            raise ValueError(f"{where}.fit: expected a value in (0, 1], got {self.fit}")
+            raise ValueError(f"fit: expected a value in (0, 1], got {self.fit}")
         if not 1 <= self.min_parts <= self.max_parts:
-            raise ValueError(f"{where}: expected 1 <= min_parts <= max_parts, got {self.min_parts}, {self.max_parts}")
+            raise ValueError(f"expected 1 <= min_parts <= max_parts, got {self.min_parts}, {self.max_parts}")
         bad = sorted(set(self.primitive_weights) - set(PRIMITIVES))
         if bad or not any(v > 0 for v in self.primitive_weights.values()):
-            raise ValueError(f"{where}.primitive_weights: keys must be among {PRIMITIVES} with a positive weight, got "
+            raise ValueError(f"primitive_weights: keys must be among {PRIMITIVES} with a positive weight, got "
                              f"{self.primitive_weights}")
         bad = sorted(set(self.pattern_weights) - {"none", "noise", "patches", "agouti"})
         if bad:
-            raise ValueError(f"{where}.pattern_weights: unknown patterns {bad}")
+            raise ValueError(f"pattern_weights: unknown patterns {bad}")
         for ext, axis in self.up_axis.items():
             if axis not in ("x", "y", "z"):
-                raise ValueError(f"{where}.up_axis[{ext!r}]: expected x, y or z, got {axis!r}")
+                raise ValueError(f"up_axis[{ext!r}]: expected x, y or z, got {axis!r}")
+
+
+def load_object_config(name_or_path: str, overrides: Mapping | None = None) -> ObjectConfig:
+    """``configs/objects/{name}.yaml`` (or a path to a yaml file) + field overrides -> ObjectConfig."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = configs_dir() / "objects" / f"{name_or_path}.yaml"
+    if not p.is_file():
+        raise FileNotFoundError(f"object config not found: {p}")
+    d = yaml.safe_load(p.read_text()) or {}
+    where = f"{p} with overrides {sorted(overrides)}" if overrides else str(p)
+    return typed(ObjectConfig, {**d, **(overrides or {})}, where)
 
 
 def object_rng(seed: int, index: int) -> np.random.Generator:
@@ -460,8 +461,3 @@ def load_mesh_file(path: str | Path, cfg: ObjectConfig | None = None) -> tuple[l
             "up_axis": cfg.up_axis.get(ext, "z"),
             "normalization": {"center": center.tolist(), "scale": float(scale), "up_rotation": R_up.tolist()}}
     return meshes, info
-
-
-def config_to_meta(cfg: ObjectConfig) -> dict:
-    d = asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -17,7 +17,7 @@ silhouettes), ``calibration.json`` (OpenCV layout, mm) and ``truth.json`` +
 ``truth_vertices.npy`` / ``truth_faces.npy`` (mouse mesh per frame in mm), which
 :func:`check_round_trip` compares against what ``synth.ingest_real`` recovered.
 
-    python -m synth.fake_capture --calib label3d_dannce.mat --out /tmp/fake --downscale 4
+    python -m synth.fake_capture --calib label3d_dannce.mat --out OUT --downscale 4
 """
 from __future__ import annotations
 
@@ -27,30 +27,32 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
 import yaml
+from scipy import ndimage
 
 from mousefacelift.cameras import Camera
+from mousefacelift.config import ConfigError, configs_dir, typed
+from mousefacelift.imaging import pinhole, pixels_to_normalized
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for
+from mousefacelift.shards import atomic_write_bytes, atomic_write_json
 from synth.real.calibration import Calibration, load_calibration, save_calibration
 from synth.real.frames import write_image_folder
-from synth.real.normalize import Normalization, pinhole, pixels_to_normalized, rotation_to_z
-from mousefacelift.shards import atomic_write_bytes, atomic_write_json
+from synth.real.normalize import Normalization, rotation_to_z
 
 log = logging.getLogger("synth.fake_capture")
 
 
 @dataclass
 class FakeCaptureConfig:
-    """Settings of the fake recording (defaults documented in configs/real/fake_capture.yaml)."""
+    """Settings of the fake recording: configs/real/fake_capture.yaml (documented there; these defaults equal it)."""
 
     frames: int = 6
     downscale: int = 4                    # divide the rig's image size (1152x1024 -> 288x256); cameras follow exactly
     seed: int = 0
-    renderer: str = "blender"             # blender | raster
+    renderer: Literal["blender", "raster"] = "blender"
     quality: str = "preview"              # Blender quality preset
     mouse_scale: float = 0.8              # uniform size of the procedural mouse (1 = 185 mm nose to tail tip)
     arena_center_mm: tuple[float, float] = (56.0, 62.0)   # DANNCE markerless_mouse_1: mean of the labelled poses
@@ -64,7 +66,7 @@ class FakeCaptureConfig:
     skin_color: tuple[float, float, float] = (0.85, 0.6, 0.55)
     cube_fit: float = 0.9                 # the truth's scale: largest half-extent in the cube (as ingest's normalize.cube_fit)
 
-    def validate(self) -> None:
+    def __post_init__(self):
         if self.renderer not in ("blender", "raster"):
             raise ValueError(f"fake capture renderer: expected blender or raster, got {self.renderer!r}")
         if self.frames < 1 or self.downscale < 1:
@@ -72,15 +74,6 @@ class FakeCaptureConfig:
 
 
 # -- the mouse ----------------------------------------------------------------------------
-def _body_model():
-    try:
-        from mousefacelift.body import load_body_model   # the public entry point, once exported
-        return load_body_model("procedural")
-    except ImportError:
-        from mousefacelift.body.procedural import build_procedural_mouse
-        return build_procedural_mouse()
-
-
 def mouse_track(model, cfg: FakeCaptureConfig) -> list[np.ndarray]:
     """Mouse vertices in mm (rig world) per frame: rest pose, walking along a circle."""
     from mousefacelift.body import PoseParams
@@ -227,21 +220,23 @@ def distort_into(image: np.ndarray, pin: Camera, real: Camera) -> np.ndarray:
 # -- the whole recording --------------------------------------------------------------------
 def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCaptureConfig) -> dict:
     """Write the fake recording (see module docstring) and return its truth."""
-    cfg.validate()
+    from mousefacelift.body import load_body_model
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cams_mm = calibration.cameras_mm()
     if cfg.downscale > 1:
         cams_mm = [c.resized(c.width // cfg.downscale, c.height // cfg.downscale) for c in cams_mm]
-    model = _body_model()
+    model = load_body_model("procedural")
     track = mouse_track(model, cfg)
     rng = np.random.default_rng(cfg.seed + 1)
     backgrounds = [arena_background(c, cfg, rng) for c in cams_mm]
     renderer = None
     if cfg.renderer == "blender":
         from blender.backend import BlenderRenderer
+        from blender.quality import load_quality
 
-        renderer = BlenderRenderer(quality=cfg.quality, device="cpu")
+        renderer = BlenderRenderer(load_quality(cfg.quality), device="cpu")
     frames = {c.name: [] for c in cams_mm}
     masks = {c.name: [] for c in cams_mm}
     truths = []
@@ -272,7 +267,7 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
     save_calibration(out / "calibration.json", Calibration(cameras=cams_mm, units="mm", up=calibration.up))
     _save_npy(out / "truth_vertices.npy", np.stack(track).astype(np.float32))
     _save_npy(out / "truth_faces.npy", np.asarray(model.faces, dtype=np.int64))
-    truth = {"frames": truths, "cameras": [c.name for c in cams_mm], "config": _cfg_meta(cfg),
+    truth = {"frames": truths, "cameras": [c.name for c in cams_mm], "config": asdict(cfg),
              "calibration": str(calibration.path)}
     atomic_write_json(out / "truth.json", truth)
     return truth
@@ -286,10 +281,6 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _cfg_meta(cfg: FakeCaptureConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
 # -- the check ------------------------------------------------------------------------------
 def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], thresholds=None) -> dict:
     """Compare ingested samples with the truth of a fake capture.
@@ -299,7 +290,7 @@ def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], 
     recorded crop, versus the same points through the ingested camera), alpha/silhouette IoU
     against the truth mesh rasterised with the ingested cameras, and ``synth.verify``'s
     cross-view check on the sample with the truth depth rendered for the same crops
-    (``thresholds``: a ``synth.geometry_checks.Thresholds``, default verify's own).
+    (``thresholds``: a ``synth.tools.geometry_checks.Thresholds``, default verify's own).
     """
     from mousefacelift.meshraster import rasterize
     from mousefacelift.shards import MultiViewSample
@@ -382,31 +373,25 @@ def main(argv: list[str] | None = None) -> int:
         rep = check_round_trip(args.out, args.check)
         print(json.dumps(rep["summary"], indent=1))
         return 0 if rep["summary"]["verify_failures"] == 0 else 1
-    cfg = load_fake_config()
+    overrides = {}
     for kv in args.overrides:
         key, eq, value = kv.partition("=")
-        if not eq or key not in FakeCaptureConfig.__dataclass_fields__:
-            ap.error(f"override {kv!r}: expected KEY=VALUE with KEY one of {sorted(FakeCaptureConfig.__dataclass_fields__)}")
-        v = yaml.safe_load(value)
-        setattr(cfg, key, tuple(v) if isinstance(v, list) else v)
-    for k in ("frames", "downscale", "renderer", "seed"):
-        if getattr(args, k) is not None:
-            setattr(cfg, k, getattr(args, k))
+        if not eq:
+            ap.error(f"override {kv!r}: expected KEY=VALUE with KEY a field of configs/real/fake_capture.yaml")
+        overrides[key] = yaml.safe_load(value)
+    overrides.update({k: getattr(args, k) for k in ("frames", "downscale", "renderer", "seed")
+                      if getattr(args, k) is not None})
+    try:
+        cfg = load_fake_config(overrides=overrides)
+    except ConfigError as e:
+        ap.error(str(e))
     make_fake_capture(args.out, load_calibration(args.calib, units=args.units), cfg)
     print(f"fake recording written to {args.out}")
     return 0
 
 
-def load_fake_config(path: str | Path | None = None) -> FakeCaptureConfig:
-    """configs/real/fake_capture.yaml (or ``path``) -> FakeCaptureConfig; unknown keys are errors."""
-    import yaml
-
-    from mousefacelift.config import configs_dir
-
+def load_fake_config(path: str | Path | None = None, overrides: Mapping | None = None) -> FakeCaptureConfig:
+    """configs/real/fake_capture.yaml (or ``path``) with field ``overrides`` -> FakeCaptureConfig."""
     p = Path(path) if path else configs_dir() / "real" / "fake_capture.yaml"
     d = yaml.safe_load(p.read_text()) or {}
-    known = set(FakeCaptureConfig.__dataclass_fields__)
-    bad = sorted(set(d) - known)
-    if bad:
-        raise ValueError(f"{p}: unknown keys {bad}; expected some of {sorted(known)}")
-    return FakeCaptureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return typed(FakeCaptureConfig, {**d, **(overrides or {})}, str(p))

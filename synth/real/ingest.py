@@ -8,10 +8,10 @@
 single folder holding one entry per camera named after it (``Camera1/``, ``Camera1.mp4``).
 Without ``--masks`` the mouse is found by per-camera median background subtraction.
 
-Output: ``OUT/{train,val,test}/real-{k:06d}.tar`` + manifest.json per split (synth.shards:
+Output: ``OUT/{train,val,test}/real-{k:06d}.tar`` + manifest.json per split (mousefacelift.shards:
 atomic, resumable — shards already complete with the same config are not redone). Frame
 sets that cannot be normalised (no mouse, masks that disagree) are skipped with the reason
-in the manifest. See synth/real.py for the normalisation.
+in the manifest. See synth/real/normalize.py for the normalisation.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -27,24 +26,15 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mousefacelift.config import config_hash, configs_dir, to_container
+from mousefacelift.config import config_hash, configs_dir, to_container, typed
+from mousefacelift.shards import ShardWriter, check_writable_dir, complete_shards
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
 from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
 from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_frame_set
-from mousefacelift.shards import ShardWriter, check_writable_dir, complete_shards
 
 log = logging.getLogger("synth.ingest_real")
 GENERATOR = {"name": "synth.ingest_real", "version": 1}
-
-
-def _dataclass_from(cls, d: dict | None, where: str):
-    d = dict(d or {})
-    known = {f.name for f in fields(cls)}
-    bad = sorted(set(d) - known)
-    if bad:
-        raise ValueError(f"{where}: unknown keys {bad}; expected some of {sorted(known)}")
-    return cls(**d)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
@@ -125,8 +115,8 @@ class MaskProvider:
 def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: dict,
            mask_paths: list[Path] | None = None) -> dict:
     """Ingest a recording; returns {split: {"written": n, "skipped": n, "shards": n}}."""
-    norm_cfg = _dataclass_from(NormalizeConfig, cfg.get("normalize"), "config normalize")
-    mask_cfg = _dataclass_from(MaskConfig, cfg.get("masks"), "config masks")
+    norm_cfg = typed(NormalizeConfig, cfg.get("normalize"), "normalize")
+    mask_cfg = typed(MaskConfig, cfg.get("masks"), "masks")
     cams = calibration.cameras_mm()
     if len(frame_paths) != len(cams):
         raise ValueError(f"{len(frame_paths)} frame sources for {len(cams)} calibrated cameras")

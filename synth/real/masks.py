@@ -16,7 +16,7 @@ from scipy import ndimage
 
 @dataclass
 class MaskConfig:
-    """Defaults documented in configs/real/ingest.yaml (``masks:`` section)."""
+    """The ``masks:`` section of configs/real/ingest.yaml (documented there; these defaults equal it)."""
 
     threshold: float = 30.0          # background difference (0..255, max over RGB) that counts as foreground
     open_iterations: int = 1         # binary opening removes speckle noise

@@ -11,10 +11,8 @@ Per frame set (one frame from every camera, with masks):
 3. every camera is re-expressed in that frame, with the original world up mapped to +Z
    (for DANNCE the arena floor normal is already +Z);
 4. each view is undistorted, cropped around the mouse so it fills ``fill`` of the frame and
-   resized to ``size`` in ONE resampling (supersampled, then box-filtered). The output
-   camera is built only through ``Camera.cropped`` / ``Camera.resized`` from the ideal
-   pinhole, and the resampling maps every output pixel centre back through exactly that
-   camera, so images and intrinsics cannot drift apart.
+   resized to ``size`` in ONE resampling (supersampled, then box-filtered) by
+   :mod:`mousefacelift.imaging`, so images and intrinsics cannot drift apart.
 
 A view whose mask touches the sensor border (the mouse ran off that camera) abstains in the
 hull beyond its frame and is left out of the sample (``views_dropped`` names it and why); a
@@ -24,24 +22,21 @@ Everything is recorded in ``meta.json`` under ``normalization``.
 """
 from __future__ import annotations
 
-import logging
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from mousefacelift.cameras import Camera, distort_normalized, undistort_normalized
-from mousefacelift.shards import SCHEMA, MultiViewSample
+from mousefacelift.cameras import Camera
+from mousefacelift.imaging import crop_box, mask_pixels, pinhole, pixels_to_normalized, resample_view
 from mousefacelift.scene import depth_range_for
-
-log = logging.getLogger(__name__)
+from mousefacelift.shards import SCHEMA, MultiViewSample
 
 
 @dataclass
 class NormalizeConfig:
-    """Defaults documented in configs/real/ingest.yaml (``normalize:`` section)."""
+    """The ``normalize:`` section of configs/real/ingest.yaml (documented there; these defaults equal it)."""
 
     size: int = 256                    # output view size (square)
     fill: float = 0.8                  # mouse box's longer side / crop side
@@ -102,30 +97,6 @@ def rotation_to_z(up: np.ndarray) -> np.ndarray:
     return np.eye(3) + vx + vx @ vx * (1 / (1 + c))
 
 
-# -- pinhole geometry ------------------------------------------------------------------------
-def pinhole(cam: Camera) -> Camera:
-    """The ideal pinhole the view is undistorted to: same fx, fy, cx, cy, no skew, no distortion."""
-    K = np.array([[cam.fx, 0.0, cam.cx], [0.0, cam.fy, cam.cy], [0.0, 0.0, 1.0]])
-    return replace(cam, K=K, dist=None)
-
-
-def pixels_to_normalized(cam: Camera, uv: np.ndarray) -> np.ndarray:
-    """Distorted pixel coordinates of ``cam`` -> ideal normalised image coordinates [N,2]."""
-    uv = np.asarray(uv, dtype=np.float64)
-    K = cam.K
-    y = (uv[:, 1] - K[1, 2]) / K[1, 1]
-    x = (uv[:, 0] - K[0, 2] - K[0, 1] * y) / K[0, 0]
-    xd = np.stack([x, y], -1)
-    return undistort_normalized(xd, cam.dist) if cam.dist is not None else xd
-
-
-def normalized_to_pixels(cam: Camera, xn: np.ndarray) -> np.ndarray:
-    """Ideal normalised coordinates -> pixel coordinates of ``cam`` (distortion and skew applied)."""
-    if cam.dist is not None:
-        xn = distort_normalized(xn, cam.dist)
-    return xn @ cam.K[:2, :2].T + cam.K[:2, 2]
-
-
 def triangulate(cameras: Sequence[Camera], uv: np.ndarray) -> np.ndarray:
     """Linear (DLT) triangulation of one point seen at ideal-pinhole pixels ``uv`` [V,2]."""
     rows = []
@@ -142,13 +113,6 @@ def triangulate(cameras: Sequence[Camera], uv: np.ndarray) -> np.ndarray:
     if abs(X[3]) < 1e-12:
         raise ValueError("triangulation failed: the rays are parallel (point at infinity)")
     return X[:3] / X[3]
-
-
-def mask_pixels(mask: np.ndarray, max_points: int = 20000) -> np.ndarray:
-    """Pixel-centre coordinates (u, v) of a mask's pixels, evenly subsampled."""
-    ys, xs = np.nonzero(mask)
-    step = max(1, len(xs) // max_points)
-    return np.stack([xs[::step] + 0.5, ys[::step] + 0.5], -1).astype(np.float64)
 
 
 # -- visual hull ----------------------------------------------------------------------------
@@ -266,52 +230,6 @@ def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray
     return norm, diag
 
 
-# -- crop + resample -----------------------------------------------------------------------
-def crop_box(cam_px: Camera, uv: np.ndarray, fill: float) -> tuple[int, int, int]:
-    """Integer square (x0, y0, side) centred on the points' box, the box's longer side = fill * side."""
-    lo, hi = uv.min(0), uv.max(0)
-    side = int(math.ceil(float((hi - lo).max()) / fill))
-    side = max(side, 8)
-    c = (lo + hi) / 2
-    return int(round(c[0] - side / 2)), int(round(c[1] - side / 2)), side
-
-
-def resample_view(image: np.ndarray, src_cam: Camera, out_cam: Camera, max_supersample: int = 4,
-                  extra: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Resample ``image`` (seen by ``src_cam``, with distortion) into the ideal ``out_cam``.
-
-    Every output pixel centre is mapped through ``out_cam`` to a ray, then through
-    ``src_cam`` (distortion, skew) to a source position, and sampled bilinearly;
-    supersampled by ``s`` and box-filtered, which is exactly ``out_cam.resized(W*s, H*s)``.
-    Returns (image float [H,W,C] 0..255, valid [H,W] fraction inside the source, extras).
-    """
-    W, H = out_cam.width, out_cam.height
-    scale = max(src_cam.fx / out_cam.fx, src_cam.fy / out_cam.fy)
-    s = int(min(max_supersample, max(1, math.ceil(scale - 1e-6))))
-    cam_s = out_cam.resized(W * s, H * s)
-    v, u = np.meshgrid(np.arange(H * s) + 0.5, np.arange(W * s) + 0.5, indexing="ij")
-    xn = np.stack([(u.ravel() - cam_s.cx) / cam_s.fx, (v.ravel() - cam_s.cy) / cam_s.fy], -1)
-    # out_cam is a pinhole in the same camera frame (same w2c), so the ray is the same direction
-    R_rel = src_cam.w2c[:3, :3] @ out_cam.w2c[:3, :3].T
-    if not np.allclose(R_rel, np.eye(3), atol=1e-9):
-        d = np.concatenate([xn, np.ones((len(xn), 1))], 1) @ R_rel.T
-        xn = d[:, :2] / d[:, 2:3]
-    uv = normalized_to_pixels(src_cam, xn)
-    coords = np.stack([uv[:, 1] - 0.5, uv[:, 0] - 0.5])
-
-    def sample(channel: np.ndarray) -> np.ndarray:
-        vals = ndimage.map_coordinates(channel.astype(np.float32), coords, order=1, mode="constant", cval=0.0)
-        return vals.reshape(H, s, W, s).mean(axis=(1, 3))
-
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[..., None]
-    out = np.stack([sample(img[..., c]) for c in range(img.shape[-1])], -1)
-    valid = sample(np.ones(img.shape[:2], dtype=np.float32))
-    extras = [sample(np.asarray(e, dtype=np.float32)) for e in extra]
-    return out, valid, extras
-
-
 @dataclass
 class RealView:
     rgba: np.ndarray       # uint8 [S,S,4]
@@ -357,7 +275,7 @@ def normalize_frame_set(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray
         src = norm.camera(cam)
         xn = pixels_to_normalized(cam, mask_pixels(mask))
         uv = xn @ ideal.K[:2, :2].T + ideal.K[:2, 2]
-        x0, y0, side = crop_box(ideal, uv, cfg.fill)
+        x0, y0, side = crop_box(uv, cfg.fill)
         out_cam = ideal.cropped(x0, y0, side, side).resized(cfg.size, cfg.size)
         rgb, valid, (alpha,) = resample_view(frame[..., :3], src, out_cam, cfg.supersample, extra=[mask])
         a = np.clip(alpha, 0, 1)
@@ -380,7 +298,3 @@ def build_real_sample(key: str, views: Sequence[RealView], norm: Normalization, 
          "normalization": {**norm.to_meta(), **diag}, "crops": [v.crop for v in views], **meta}
     return MultiViewSample(key=key, meta=m, rgba=np.stack([v.rgba for v in views]),
                            cameras=[v.camera for v in views]).validate()
-
-
-def config_to_meta(cfg: NormalizeConfig) -> dict:
-    return asdict(cfg)

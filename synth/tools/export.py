@@ -23,7 +23,7 @@ Import (FaceLift folders -> shards, e.g. data prepared for FaceLift elsewhere)::
         [--mm-per-unit X] [--samples-per-shard 64] [--prefix P]
 
 Every write is atomic (a sample folder is built under a temporary name and renamed; shards
-go through synth.shards.ShardWriter).
+go through mousefacelift.shards.ShardWriter).
 """
 from __future__ import annotations
 

@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from mousefacelift.cameras import Camera, undistort_normalized
+from mousefacelift.config import typed
 from mousefacelift.shards import MultiViewSample
+from synth.mouse import meta as sample_meta
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +62,14 @@ class Thresholds:
     mesh_iou_min: float = 0.90           # per view, IoU(alpha, rasterized body mesh)
 
     def override(self, assignments: list[str]) -> "Thresholds":
-        """Apply ``name=value`` strings (CLI ``--set``); unknown names are an error."""
-        d = asdict(self)
+        """Apply ``name=value`` strings (CLI ``--set``); unknown names and non-numbers are errors."""
+        values = asdict(self)
         for a in assignments:
-            if "=" not in a:
+            name, eq, value = a.partition("=")
+            if not eq:
                 raise ValueError(f"threshold override {a!r}: expected name=value")
-            k, v = a.split("=", 1)
-            if k not in d:
-                raise ValueError(f"unknown threshold {k!r}; known: {', '.join(d)}")
-            d[k] = float(v)
-        return Thresholds(**d)
+            values[name] = value
+        return typed(Thresholds, values, "--set")
 
 
 # -- camera maths ---------------------------------------------------------------------------
@@ -316,20 +316,9 @@ def cross_view_consistency(sample: MultiViewSample, cfg: ConsistencyConfig | Non
 
 
 # -- alpha vs the body mesh ------------------------------------------------------------------
-def body_model_name(meta: dict) -> str | None:
-    """The body model a mouse sample was posed with, as recorded by ``synth.compose``."""
-    for path in (("body_model",), ("body", "model"), ("body", "name"), ("pose", "model")):
-        d: Any = meta
-        for k in path:
-            d = d.get(k) if isinstance(d, dict) else None
-        if isinstance(d, str) and d:
-            return d
-    return None
-
-
 @functools.lru_cache(maxsize=4)
 def _load_model(name: str):
-    from mousefacelift.body import load_body_model   # helper-owned; import lazily (torch, assets)
+    from mousefacelift.body import load_body_model   # imported lazily (torch, assets)
 
     return load_body_model(name)
 
@@ -338,9 +327,9 @@ def rebuild_mesh(sample: MultiViewSample) -> tuple[np.ndarray | None, np.ndarray
     """World-space vertices and faces of a mouse sample's body, or (None, None, why not)."""
     if sample.meta.get("source") != "mouse":
         return None, None, f"source is {sample.meta.get('source')!r}: no body model to compare with"
-    name = body_model_name(sample.meta)
+    name = sample_meta.body_model(sample.meta)
     if name is None:
-        return None, None, "meta names no body model (body_model / body.model)"
+        return None, None, "meta names no body model (body_model)"
     if "pose" not in sample.arrays:
         return None, None, "no pose.npy member"
     norm = sample.meta.get("normalization")

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from mousefacelift import viz
 from mousefacelift.shards import MultiViewSample, SampleError
 from mousefacelift.shards import ShardError, atomic_write_json, iter_shard, list_shards
+from synth.mouse import meta as M
 from synth.tools.tables import fmt, format_table
 
 log = logging.getLogger("synth.inspect")
@@ -78,36 +79,11 @@ def find_sample(target: str | Path, key: str | None = None) -> MultiViewSample:
 
 
 # -- contact sheet ---------------------------------------------------------------------------
-def _lookup(meta: dict, *paths: str) -> Any:
-    """First value found at any dotted path (metadata layouts differ between sources)."""
-    for path in paths:
-        d: Any = meta
-        for k in path.split("."):
-            d = d.get(k) if isinstance(d, dict) else None
-        if d is not None and d != "":
-            return d
-    return None
-
-
 def describe(meta: dict) -> dict[str, Any]:
-    """The handful of generator facts a person wants next to a picture."""
-    hdri = _lookup(meta, "lighting.hdri", "lighting.environment.hdri", "lighting.hdri_name", "lighting.name")
-    if isinstance(hdri, str):
-        hdri = Path(hdri).stem
-    return {
-        "source": meta.get("source"),
-        "family": _lookup(meta, "pose.family", "family"),
-        "coat": _lookup(meta, "appearance.coat", "appearance.family", "appearance.coat_family", "appearance.name"),
-        "hdri": hdri if hdri is not None else (
-            "sky" if _lookup(meta, "lighting.sky", "lighting.environment.sky") else None),
-        "strength": _lookup(meta, "lighting.strength", "lighting.environment.strength", "lighting.hdri_strength"),
-        "area_lights": _count(_lookup(meta, "lighting.area_lights", "lighting.lights")),
-        "mm_per_unit": meta.get("mm_per_unit"),
-    }
-
-
-def _count(x):
-    return len(x) if isinstance(x, (list, tuple)) else x
+    """The handful of generator facts a person wants next to a picture (None = not recorded)."""
+    return {"source": meta.get("source"), "family": M.pose_family(meta), "coat": M.coat_family(meta),
+            "hdri": M.environment(meta), "strength": M.light_strength(meta),
+            "area_lights": M.area_light_count(meta), "mm_per_unit": meta.get("mm_per_unit")}
 
 
 def _resize(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:

@@ -7,7 +7,7 @@ Checks, in order:
 2. every sample (or ``--samples N`` spread evenly over the set) decodes with
    ``MultiViewSample.decode`` and matches the schema: rgba for every view, depth for every
    view when the source renders depth (mouse, object), valid cameras, pose/joints for mice.
-3. geometry (samples with depth): cross-view consistency (synth.geometry_checks): median
+3. geometry (samples with depth): cross-view consistency (synth.tools.geometry_checks): median
    forward-backward reprojection error in pixels, depth disagreement (relative, world units,
    mm), share of points that contradict another view, depth-vs-alpha agreement; and for
    mouse samples the IoU of alpha with the body mesh rebuilt from pose.npy (skipped, with
@@ -152,7 +152,7 @@ def check_shard_files(directory: Path, manifest: dict) -> tuple[list[dict], list
     for p in list_shards(directory):
         if p.name not in listed:
             problems.append(f"{p.name}: finished shard in the folder but not listed in {MANIFEST_NAME} "
-                            "(rebuild it with synth.shards.rebuild_manifest)")
+                            "(rebuild it with mousefacelift.shards.rebuild_manifest)")
     return results, problems
 
 
