@@ -55,29 +55,28 @@ ASSIGN_FLOOR_DEG = 8.0  # added in quadrature to every family std while assignin
 ROUNDS = 3             # assignment / re-estimation rounds
 
 
-def _base(s: str) -> str:
-    return PoseSampler._base(s)
+base_segment = PoseSampler.base_segment
 
 
 def pooled_angles(seg_names: list[str], ang_deg: np.ndarray) -> dict[str, np.ndarray]:
     """{base segment: [n,3] degrees}, left and right limbs pooled (the sampler mirrors them)."""
     out: dict[str, list] = {}
     for i, s in enumerate(seg_names):
-        out.setdefault(_base(s), []).append(ang_deg[:, i])
+        out.setdefault(base_segment(s), []).append(ang_deg[:, i])
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def family_terms(sampler: PoseSampler, fam_idx: int, pitch_deg: np.ndarray):
     """Deterministic mean [n,S,3] (compensation, gait mean) and extra variance [S,3] (gait,
     bend, common) the sampler adds for a family, in degrees, per segment of the sampler."""
-    spec = sampler._fam[fam_idx]
+    spec = sampler.families[fam_idx]
     S = len(sampler.seg_names)
     n = len(pitch_deg)
     det = np.zeros((n, S, 3))
-    var = np.rad2deg(sampler._common[..., 1]) ** 2 * np.ones((S, 3))
+    var = np.rad2deg(sampler.common[..., 1]) ** 2 * np.ones((S, 3))
     for base, k in spec["compensate"].items():
         for i, s in enumerate(sampler.seg_names):
-            if _base(s) == base:
+            if base_segment(s) == base:
                 det[:, i, 0] += k * pitch_deg
     g = spec["gait"]
     if g:
@@ -123,15 +122,15 @@ def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray
     n = len(ang_deg)
     pooled = pooled_angles(seg, ang_deg)
     stance = {b: {c: [round(float(pooled[b][:, k].mean()), 2), 0.0] for k, c in enumerate(COMPS)} for b in OBSERVED}
-    stance_tab = np.rad2deg(sampler._dist_table(stance, "stance")[..., 0])          # [S,3]
-    common_mean = np.rad2deg(sampler._dist_table(sampler.cfg.get("common", {}), "common")[..., 0])
+    stance_tab = np.rad2deg(sampler.dist_table(stance, "stance")[..., 0])          # [S,3]
+    common_mean = np.rad2deg(sampler.dist_table(sampler.cfg.get("common", {}), "common")[..., 0])
     hand = []
     for f in sampler.family_names:
         spec = sampler.cfg["families"][f]
-        hand.append({"table": np.rad2deg(sampler._dist_table(spec.get("segments", {}), f)),
+        hand.append({"table": np.rad2deg(sampler.dist_table(spec.get("segments", {}), f)),
                      "pitch": list(spec.get("pitch_up", [0, 0]))})
     w = np.diff(np.concatenate([[0.0], sampler.family_cdf]))
-    obs = np.array([_base(s) in OBSERVED for s in seg])
+    obs = np.array([base_segment(s) in OBSERVED for s in seg])
     current = [{"table": h["table"].copy(), "pitch": list(h["pitch"])} for h in hand]
     assign = np.zeros(n, int)
     for _ in range(ROUNDS):
@@ -164,7 +163,7 @@ def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray
                         if COMPS[c] in SPREAD_COMPS:
                             vd = max(resid[:, i, c].var() - var[i, c], MIN_STD_DEG ** 2)
                             tab[i, c, 1] = math.sqrt((k * vd + PRIOR_COUNT * h["table"][i, c, 1] ** 2) / (k + PRIOR_COUNT))
-                if h["pitch"] != [0, 0] or sampler._fam[f]["compensate"]:
+                if h["pitch"] != [0, 0] or sampler.families[f]["compensate"]:
                     pm = (k * pitch_deg[sel].mean() + PRIOR_COUNT * h["pitch"][0]) / (k + PRIOR_COUNT)
                     pv = max(pitch_deg[sel].var(), MIN_STD_DEG ** 2)
                     pitch = [pm, math.sqrt((k * pv + PRIOR_COUNT * h["pitch"][1] ** 2) / (k + PRIOR_COUNT))]
@@ -177,7 +176,7 @@ def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray
             continue
         segs = {}
         for b in OBSERVED:
-            i = next(j for j, s in enumerate(seg) if _base(s) == b)
+            i = next(j for j, s in enumerate(seg) if base_segment(s) == b)
             segs[b] = {c: [round(float(cur["table"][i, k, 0]), 2), round(float(cur["table"][i, k, 1]), 2)]
                        for k, c in enumerate(COMPS)}
         entry = {"assigned": cur["n"], "segments": segs}

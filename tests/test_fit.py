@@ -84,7 +84,7 @@ def test_fitted_statistics_are_used_and_sampling_stays_deterministic(procedural)
     assert tuned.fitted is not None and hand.fitted is None
     stance = cfg["fitted"]["models"]["procedural"]["stance"]
     i = tuned.seg_names.index("hip_l")
-    assert np.rad2deg(tuned._common[i, 0, 0] - hand._common[i, 0, 0]) == pytest.approx(
+    assert np.rad2deg(tuned.common[i, 0, 0] - hand.common[i, 0, 0]) == pytest.approx(
         stance["hip"]["flex"][0] - 0.0, abs=1e-6)
     a = tuned.sample(np.arange(40, 72), seed=5)
     parts = [tuned.sample(np.arange(40, 56), seed=5), tuned.sample(np.arange(56, 72), seed=5)]

@@ -101,7 +101,7 @@ def _limits(model: BodyModel, seg_names: list[str], pose_cfg: Mapping[str, Any])
     lims = pose_cfg.get("limits", {})
     out = np.zeros((len(seg_names), 3, 2))
     for i, s in enumerate(seg_names):
-        lim = lims.get(s, lims.get(PoseSampler._base(s)))
+        lim = lims.get(s, lims.get(PoseSampler.base_segment(s)))
         if lim is None:
             raise ValueError(f"pose config: no limits for segment {s!r}")
         for comp, k in _COMP.items():

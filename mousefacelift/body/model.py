@@ -364,7 +364,7 @@ class BodyModel:
         t = t + _rotate_rest(R - RM, b["rest_joints"])
         return posed, torch.cat([RM, t[..., None]], dim=-1)
 
-    def _apply_global(self, x: torch.Tensor, params: PoseParams) -> torch.Tensor:
+    def apply_global(self, x: torch.Tensor, params: PoseParams) -> torch.Tensor:
         Rg = batch_rodrigues(params.global_orient)                         # [B,3,3]
         return params.scale[:, None, :] * (x @ Rg.transpose(1, 2)) + params.transl[:, None, :]
 
@@ -401,9 +401,9 @@ class BodyModel:
             kverts = self.skin(A, kv) if len(kv) else None
         kps = self._keypoints(kverts, posed)
         return PoseOutput(
-            vertices=None if verts is None else self._apply_global(verts, params),
-            joints=self._apply_global(posed, params),
-            keypoints=self._apply_global(kps, params),
+            vertices=None if verts is None else self.apply_global(verts, params),
+            joints=self.apply_global(posed, params),
+            keypoints=self.apply_global(kps, params),
         )
 
     def local_keypoints(self, params: PoseParams, use_smplx: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

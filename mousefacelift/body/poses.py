@@ -144,10 +144,10 @@ class PoseSampler:
         S = len(self.seg_names)
         self._limits = np.zeros((S, 3, 2))
         for i, s in enumerate(self.seg_names):
-            key = s if s in c.get("limits", {}) else self._base(s)
+            key = s if s in c.get("limits", {}) else self.base_segment(s)
             lim = c.get("limits", {}).get(key)
             if lim is None:
-                raise ValueError(f"pose config: no limits for segment {s!r} (or {self._base(s)!r})")
+                raise ValueError(f"pose config: no limits for segment {s!r} (or {self.base_segment(s)!r})")
             for comp, k in _COMP.items():
                 lo, hi = lim.get(comp, [0, 0])
                 self._limits[i, k] = (lo, hi)
@@ -156,10 +156,10 @@ class PoseSampler:
         fitted = load_fitted(c.get("fitted"))
         self.fitted = ((fitted or {}).get("models") or {}).get(model.name)
         stance = (self.fitted or {}).get("stance", (c.get("stance") or {}).get(model.name, {}))
-        self._common = self._dist_table(c.get("common", {}), "common")
-        self._common[..., 0] += self._dist_table(stance, "stance")[..., 0]
+        self.common = self.dist_table(c.get("common", {}), "common")
+        self.common[..., 0] += self.dist_table(stance, "stance")[..., 0]
         fit_fam = (self.fitted or {}).get("families") or {}
-        self._fam = []
+        self.families = []
         for f in self.family_names:
             spec = fam[f]
             over = fit_fam.get(f) or {}
@@ -167,8 +167,8 @@ class PoseSampler:
             for k, comps in (over.get("segments") or {}).items():
                 segs.setdefault(k, {}).update(comps)
             spec = {**spec, "segments": segs, **({"pitch_up": over["pitch_up"]} if "pitch_up" in over else {})}
-            self._fam.append({
-                "table": self._dist_table(spec.get("segments", {}), f"families.{f}"),
+            self.families.append({
+                "table": self.dist_table(spec.get("segments", {}), f"families.{f}"),
                 "pitch": np.deg2rad(spec.get("pitch_up", [0, 0])),
                 "bend": np.deg2rad(spec.get("bend", [0, 0])),
                 "compensate": {k: float(v) for k, v in (spec.get("compensate") or {}).items()},
@@ -182,17 +182,18 @@ class PoseSampler:
 
     # -- config helpers -------------------------------------------------------------------
     @staticmethod
-    def _base(seg: str) -> str:
+    def base_segment(seg: str) -> str:
         return seg[:-2] if seg.endswith(("_l", "_r")) and seg[:-2] in _LIMB_SEGS else seg
 
-    def _dist_table(self, spec: Mapping, where: str) -> np.ndarray:
-        """[S,3,2] (mean, std) in radians from {segment or base: {comp: [mean, std]}}."""
+    def dist_table(self, spec: Mapping, where: str) -> np.ndarray:
+        """[S,3,2] (mean, std) in radians from {segment or base segment: {comp: [mean, std]}} (public for
+        the pose-statistics fit, which rebuilds these tables from fitted angles)."""
         S = len(self.seg_names)
         t = np.zeros((S, 3, 2))
         for key, comps in (spec or {}).items():
-            targets = [i for i, s in enumerate(self.seg_names) if s == key or self._base(s) == key]
+            targets = [i for i, s in enumerate(self.seg_names) if s == key or self.base_segment(s) == key]
             if not targets:
-                raise ValueError(f"pose config {where}: unknown segment {key!r} (known: {sorted(set(map(self._base, self.seg_names)))})")
+                raise ValueError(f"pose config {where}: unknown segment {key!r} (known: {sorted(set(map(self.base_segment, self.seg_names)))})")
             for comp, ms in comps.items():
                 if comp not in _COMP:
                     raise ValueError(f"pose config {where}.{key}: unknown component {comp!r} (flex/twist/abd)")
@@ -255,7 +256,7 @@ class PoseSampler:
         # reference left-right paw spacing: the model's base stance (rest + stance + common means), not
         # its rest pose (MAMMAL's rest is sprawled, so paws under the body would all read as crossing)
         base = PoseParams.rest(m)
-        base.joint_rot = torch.as_tensor((self._common[..., 0].reshape(1, -1) @ self._seg_map)
+        base.joint_rot = torch.as_tensor((self.common[..., 0].reshape(1, -1) @ self._seg_map)
                                          .reshape(1, m.num_joints, 3), dtype=torch.float32)
         with torch.no_grad():
             Pb = m.skinning_transforms(base, use_smplx=False)[0][0].double().numpy()
@@ -278,8 +279,8 @@ class PoseSampler:
         ang = np.zeros((M, S, 3))
         pitch = np.zeros(M)
         bend = np.zeros(M)
-        mean_c, std_c = self._common[..., 0], self._common[..., 1]
-        for f, spec in enumerate(self._fam):
+        mean_c, std_c = self.common[..., 0], self.common[..., 1]
+        for f, spec in enumerate(self.families):
             sel = fam == f
             if not sel.any():
                 continue
@@ -289,7 +290,7 @@ class PoseSampler:
             bend[sel] = spec["bend"][0] + spec["bend"][1] * z[sel, 7]
             for base, k in spec["compensate"].items():
                 for i, s in enumerate(self.seg_names):
-                    if self._base(s) == base:
+                    if self.base_segment(s) == base:
                         ang[sel, i, 0] += k * pitch[sel]
             g = spec["gait"]
             if g:
@@ -358,7 +359,7 @@ class PoseSampler:
         m = self.model
         ids = np.unique(np.concatenate([self._proxy_ids, m._keypoint_vertex_ids()]))
         v = m.skin(A, ids)
-        v = m._apply_global(v, PoseParams(params.global_orient, torch.zeros_like(params.transl), params.scale,
+        v = m.apply_global(v, PoseParams(params.global_orient, torch.zeros_like(params.transl), params.scale,
                                           params.girth, params.bone_scale, params.joint_rot))
         lo, hi = v.min(dim=1).values, v.max(dim=1).values
         t = torch.stack([-(lo[:, 0] + hi[:, 0]) / 2, -(lo[:, 1] + hi[:, 1]) / 2, -lo[:, 2]], dim=1)

@@ -25,15 +25,15 @@ class ShardError(RuntimeError):
     """A shard or output folder problem; the message names the file (and member) and what to do."""
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
 
 
-def _tmp_name(target: Path) -> Path:
+def tmp_name(target: Path) -> Path:
     """``NAME.tmp-<host>-<pid>``: unique per writer, and tells :func:`clean_stale_tmp` whose it is."""
-    return target.with_name(f"{target.name}{TMP_MARK}{_host_tag()}-{os.getpid()}")
+    return target.with_name(f"{target.name}{TMP_MARK}{host_tag()}-{os.getpid()}")
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -49,7 +49,7 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary name + fsync + os.replace (never half-written)."""
     path = Path(path)
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -57,16 +57,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        _unlink_quiet(tmp)
-        raise _os_error(e, path) from None
-    _fsync_dir(path.parent)
+        unlink_quiet(tmp)
+        raise os_error(e, path) from None
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
-def _unlink_quiet(p: Path) -> None:
+def unlink_quiet(p: Path) -> None:
     try:
         p.unlink()
     except FileNotFoundError:
@@ -75,7 +75,7 @@ def _unlink_quiet(p: Path) -> None:
         log.warning("could not remove %s: %s", p, e)
 
 
-def _os_error(e: OSError, path: Path) -> ShardError:
+def os_error(e: OSError, path: Path) -> ShardError:
     """Turn disk-full / permission errors into messages that say what happened and what is safe."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return ShardError(f"disk full (or quota exceeded) while writing {path}: the unfinished file was removed, "
@@ -93,15 +93,15 @@ def check_writable_dir(out_dir: str | Path) -> Path:
     except FileExistsError:
         raise ShardError(f"output path {out} exists and is not a folder") from None
     except OSError as e:
-        raise _os_error(e, out) from None
+        raise os_error(e, out) from None
     if not out.is_dir():
         raise ShardError(f"output path {out} exists and is not a folder")
-    probe = _tmp_name(out / ".write-probe")
+    probe = tmp_name(out / ".write-probe")
     try:
         with open(probe, "wb") as f:
             f.write(b"ok")
     except OSError as e:
-        raise _os_error(e, out) from None
+        raise os_error(e, out) from None
     finally:
-        _unlink_quiet(probe)
+        unlink_quiet(probe)
     return out

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import (ShardError, _fsync_dir, _host_tag, _os_error, _tmp_name, _unlink_quiet, atomic_write_json)
+from .atomic import (ShardError, fsync_dir, host_tag, os_error, tmp_name, unlink_quiet, atomic_write_json)
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,11 @@ class ShardWriter:
         self.keys: list[str] = []
         self.skipped: list[dict] = []
         self._t0 = time.perf_counter()
-        self.tmp_path = _tmp_name(self.path)
+        self.tmp_path = tmp_name(self.path)
         try:
             self._file = open(self.tmp_path, "wb")
         except OSError as e:
-            raise _os_error(e, self.tmp_path) from None
+            raise os_error(e, self.tmp_path) from None
         self._hf = _HashingFile(self._file)
         self._tar = tarfile.open(fileobj=self._hf, mode="w|", format=tarfile.GNU_FORMAT)
         self._closed = False
@@ -174,7 +174,7 @@ class ShardWriter:
                 self._tar.addfile(info, io.BytesIO(data))
         except OSError as e:
             self.abort()
-            raise _os_error(e, self.tmp_path) from None
+            raise os_error(e, self.tmp_path) from None
         self.keys.append(key)
 
     def skip(self, index: int, reason: str) -> None:
@@ -191,7 +191,7 @@ class ShardWriter:
                 closer()
             except Exception:   # the temp file is deleted below anyway
                 pass
-        _unlink_quiet(self.tmp_path)
+        unlink_quiet(self.tmp_path)
 
     def close(self) -> ShardRecord:
         """Finish: tar end blocks, fsync, rename, sidecar, manifest merge. Returns the record."""
@@ -210,9 +210,9 @@ class ShardWriter:
                 self._file.close()
             except OSError:
                 pass
-            _unlink_quiet(self.tmp_path)
-            raise _os_error(e, self.path) from None
-        _fsync_dir(self.out_dir)
+            unlink_quiet(self.tmp_path)
+            raise os_error(e, self.path) from None
+        fsync_dir(self.out_dir)
         rec = ShardRecord(name=self.name, index=self.index, samples=len(self.keys), bytes=self._hf.size,
                           sha256=self._hf.sha.hexdigest(), keys=list(self.keys), skipped=list(self.skipped),
                           config_hash=self.header.get("config_hash"), seconds=time.perf_counter() - self._t0)
@@ -233,7 +233,7 @@ def manifest_lock(out_dir: str | Path):
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise _os_error(e, lock) from None
+        raise os_error(e, lock) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -395,7 +395,7 @@ def clean_stale_tmp(out_dir: str | Path, stale_after_s: float = 2 * 3600) -> lis
     out = Path(out_dir)
     if not out.is_dir():
         return []
-    me = _host_tag()
+    me = host_tag()
     removed = []
     now = time.time()
     for p in out.iterdir():
@@ -408,7 +408,7 @@ def clean_stale_tmp(out_dir: str | Path, stale_after_s: float = 2 * 3600) -> lis
         else:
             dead = now - p.stat().st_mtime > stale_after_s
         if dead:
-            _unlink_quiet(p)
+            unlink_quiet(p)
             removed.append(p)
             log.info("removed %s (left by a writer that did not finish)", p.name)
     return removed
