@@ -89,7 +89,7 @@ def contact_sheet(model_spec: str = "procedural", n: int = 24, seed: int = 0, st
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m synth.pose_sheet", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="procedural", help="procedural, mammal (env var) or a MAMMAL folder")
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
