@@ -97,6 +97,59 @@ def config_hash(cfg: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:length]
 
 
+def config_file(group: str, name_or_path: str | os.PathLike) -> Path:
+    """``configs/{group}/{name}.yaml`` for a name (group ``""`` = configs/ itself), else the YAML
+    file given; a missing file is an error listing the names the group has."""
+    path = Path(name_or_path)
+    folder = configs_dir() / group
+    if not path.suffix:
+        path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        raise ConfigError(f"{group} config {str(name_or_path)!r}: no file {path} (known: {known})")
+    return path
+
+
+def load_yaml(group: str, name_or_path: str | os.PathLike, overrides: Mapping | Sequence[str] | None = None,
+              key: str | None = None) -> tuple[dict, str]:
+    """A group's YAML file (see :func:`config_file`) as a plain mapping, its section ``key``
+    (dotted) if given, with ``overrides`` merged in (a mapping, or ``key=value`` strings);
+    returns (mapping, where) with ``where`` naming the file and overrides for error messages."""
+    path = config_file(group, name_or_path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml and OmegaConf raise several types for a malformed file
+        raise ConfigError(f"{path}: not a readable YAML mapping ({e})") from None
+    where = str(path)
+    if key:
+        cfg = OmegaConf.select(cfg, key)
+        if cfg is None:
+            raise ConfigError(f"{path}: no section {key!r}")
+        where = f"{path} {key}"
+    if overrides:
+        if isinstance(overrides, Mapping):
+            extra = OmegaConf.create(dict(overrides))
+        else:
+            bad = [o for o in overrides if "=" not in str(o)]
+            if bad:
+                raise ConfigError(f"overrides of {path} must be key=value, got {bad}")
+            extra = OmegaConf.from_dotlist([str(o) for o in overrides])
+        cfg = OmegaConf.merge(cfg, extra)
+        where = f"{where} with overrides {sorted(extra.keys()) if isinstance(overrides, Mapping) else list(overrides)}"
+    out = plain(cfg)
+    if not isinstance(out, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(out).__name__}")
+    return out, where
+
+
+def load_typed(cls: type[T], group: str, name_or_path: str | os.PathLike,
+               overrides: Mapping | Sequence[str] | None = None, key: str | None = None) -> T:
+    """The dataclass ``cls`` from a group's YAML file: the file is where its values are set
+    (defaults live there, not in the dataclass), ``overrides`` change single fields."""
+    mapping, where = load_yaml(group, name_or_path, overrides, key)
+    return typed(cls, mapping, where)
+
+
 def plain(cfg: Any) -> Any:
     """A DictConfig/ListConfig as plain dicts and lists (resolved); anything else unchanged."""
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
