@@ -12,22 +12,19 @@ samples/s a worker must deliver for a given GPU step rate (``--gpu-samples-per-s
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
 import torch
-from omegaconf import OmegaConf
 
 from mousefacelift.analytic import write_sphere_shards
-from train.data import TrainStream, example_config, make_train_loader, shard_sets_from_cfg
+from mousefacelift.config import load_typed
+from train.data import DataConfig, TrainStream, example_config, make_train_loader, shard_sets_from_cfg
 
 
-def data_cfg(shards, size, workers, augment, batch):
-    base = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", "data", "base.yaml"))
-    base.shards, base.resolution, base.num_workers, base.batch_size = shards, size, workers, batch
-    base.augment.enabled = augment
-    return base
+def data_cfg(shards, size, workers, augment, batch) -> DataConfig:
+    return load_typed(DataConfig, "data", "base", {"shards": shards, "resolution": size, "num_workers": workers,
+                                                   "batch_size": batch, "augment": {"enabled": augment}})
 
 
 def time_stream(cfg, n):
@@ -45,7 +42,7 @@ def time_loader(cfg, n_batches):
     t = time.perf_counter()
     for _ in range(n_batches):
         next(it)
-    return n_batches * int(cfg.batch_size) / (time.perf_counter() - t)
+    return n_batches * cfg.batch_size / (time.perf_counter() - t)
 
 
 def time_train_step(size, steps):

@@ -140,8 +140,7 @@ def main(argv=None):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.warmup, args.steps, 0.05)) \
         if args.warmup else None
-    lcfg = LossConfig(rgb_weight=1.0, alpha_weight=args.alpha_weight, depth_weight=0.1,
-                      pointmap_weight=args.pointmap_weight)
+    lcfg = LossConfig.from_yaml(alpha_weight=args.alpha_weight, depth_weight=0.1, pointmap_weight=args.pointmap_weight)
     print(f"# data: {source}; {args.views} views {args.size}px, inputs {inp.tolist()}, "
           f"foreground {float(alpha.mean()):.1%} of pixels")
     print(f"# model: {args.model} {' '.join(args.set)} ({model.num_parameters():,} params), "

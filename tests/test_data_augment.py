@@ -38,8 +38,8 @@ def test_camera_jitter_keeps_projections_on_the_same_feature():
     point = np.array([0.3, -0.2, 0.25])
     K, c2w = stack_cameras(cams[:4])
     rgbs, alphas = zip(*[_dot_image(c, point) for c in cams[:4]])
-    cfg = AugmentConfig(enabled=True, probability=1.0, jitter_rotation_deg=4.0, jitter_focal=0.05,
-                        jitter_principal_px=2.0, grid_distortion_px=0.0)
+    cfg = AugmentConfig.from_yaml(enabled=True, probability=1.0, jitter_rotation_deg=4.0, jitter_focal=0.05,
+                                  jitter_principal_px=2.0, grid_distortion_px=0.0)
     rgb, alpha, K2, c2w2, info = augment_inputs(torch.stack(rgbs), torch.stack(alphas), K, c2w, cfg,
                                                 np.random.default_rng(0))
     assert bool(info["jittered"].all())
@@ -62,8 +62,8 @@ def test_grid_distortion_is_bounded_and_keeps_the_camera():
     point = np.array([0.0, 0.1, 0.0])
     K, c2w = stack_cameras(cams[:2])
     rgbs, alphas = zip(*[_dot_image(c, point) for c in cams[:2]])
-    cfg = AugmentConfig(enabled=True, probability=1.0, jitter_rotation_deg=0.0, jitter_focal=0.0,
-                        jitter_principal_px=0.0, grid_distortion_px=1.5, grid_cells=3)
+    cfg = AugmentConfig.from_yaml(enabled=True, probability=1.0, jitter_rotation_deg=0.0, jitter_focal=0.0,
+                                  jitter_principal_px=0.0, grid_distortion_px=1.5, grid_cells=3)
     rgb, _, K2, c2w2, info = augment_inputs(torch.stack(rgbs), torch.stack(alphas), K, c2w, cfg,
                                             np.random.default_rng(1))
     assert torch.equal(K2, K) and torch.equal(c2w2, c2w)
@@ -79,7 +79,7 @@ def test_disabled_augmentation_is_identity_and_resize_matches_camera_resized():
     K, c2w = stack_cameras(cams[:2])
     rgbs, alphas = zip(*[_dot_image(c, np.zeros(3)) for c in cams[:2]])
     rgb, alpha = torch.stack(rgbs), torch.stack(alphas)
-    out = augment_inputs(rgb, alpha, K, c2w, AugmentConfig(enabled=False), np.random.default_rng(0))
+    out = augment_inputs(rgb, alpha, K, c2w, AugmentConfig.from_yaml(enabled=False), np.random.default_rng(0))
     assert torch.equal(out[0], rgb) and torch.equal(out[2], K)
     r2, a2, _, K2 = resize_views(rgb, alpha, None, K, 32, 48)
     assert r2.shape[-2:] == (32, 48)

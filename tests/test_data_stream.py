@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mousefacelift.cameras import make_rig
+from mousefacelift.config import load_yaml
 from mousefacelift.shards import iter_shard, resolve_shards
 from train.data import TrainStream, eval_examples, example_config, make_train_loader, shard_sets_from_cfg
 from mousefacelift.analytic import write_sphere_shards
@@ -18,14 +19,11 @@ SIZE = 32
 
 
 def data_cfg(shards, **over):
-    base = dict(shards=shards, sets=[], resolution=SIZE, batch_size=2, num_workers=0,
-                view_sampling=dict(num_views=8, num_input_views=4, policy="random", fixed_views=None,
-                                   min_input_separation_deg=30, max_target_distance_deg=75, max_tries=32),
-                backgrounds=["white", "black", "grey", "random"], eval_backgrounds=["white"],
-                augment=dict(enabled=False, probability=1.0, jitter_rotation_deg=2.0, jitter_focal=0.03,
-                             jitter_principal_px=1.0, grid_distortion_px=1.0, grid_cells=4))
-    cfg = OmegaConf.create(base)
-    return OmegaConf.merge(cfg, OmegaConf.create(over))
+    """configs/data/base.yaml at test size, unaugmented, with ``over`` merged in."""
+    base, _ = load_yaml("data", "base")
+    test = dict(shards=shards, resolution=SIZE, batch_size=2, num_workers=0,
+                augment=dict(enabled=False, probability=1.0))
+    return OmegaConf.merge(base, test, over)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +80,7 @@ def test_batch_fields_and_weighted_mixing(shards):
 def test_view_sampling_constraint_and_policies():
     cams = make_rig("sphere32", size=16, seed=0)
     c2w = np.stack([c.c2w for c in cams])
-    cfg = ViewSamplingConfig(min_input_separation_deg=40, max_target_distance_deg=60)
+    cfg = ViewSamplingConfig.from_yaml(min_input_separation_deg=40, max_target_distance_deg=60)
     rng = np.random.default_rng(0)
     dirs = view_directions(c2w)
     assert np.allclose(dirs, np.stack([c.center for c in cams]) / 2.7, atol=1e-6)
@@ -96,15 +94,16 @@ def test_view_sampling_constraint_and_policies():
         assert ang.min() >= 40
         near = np.degrees(np.arccos(np.clip(dirs[idx] @ inp.T, -1, 1))).min(1)
         assert near.max() <= 60
-    impossible = ViewSamplingConfig(min_input_separation_deg=170, max_tries=4)
+    impossible = ViewSamplingConfig.from_yaml(min_input_separation_deg=170, max_tries=4)
     _, fallback = select_views(c2w, impossible, rng)
     assert fallback
-    fixed = ViewSamplingConfig(policy="fixed", fixed_views=(0, 5, 10, 15, 1, 2, 3, 4))
+    fixed = ViewSamplingConfig.from_yaml(policy="fixed", fixed_views=(0, 5, 10, 15, 1, 2, 3, 4))
     assert select_views(c2w, fixed, rng)[0].tolist() == [0, 5, 10, 15, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="fixed_views"):
-        ViewSamplingConfig(policy="fixed", fixed_views=(0, 1))
+        ViewSamplingConfig.from_yaml(policy="fixed", fixed_views=(0, 1))
+    out_of_range = ViewSamplingConfig.from_yaml(policy="fixed", fixed_views=(0, 1, 2, 3, 4, 5, 6, 25))
     with pytest.raises(ValueError, match="out of range"):
-        select_views(c2w[:20], ViewSamplingConfig(policy="fixed", fixed_views=(0, 1, 2, 3, 4, 5, 6, 25)), rng)
+        select_views(c2w[:20], out_of_range, rng)
 
 
 @pytest.mark.parametrize("mode,colour", [("white", 1.0), ("black", 0.0), ("grey", 0.5), ("random", None)])

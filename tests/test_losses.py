@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mousefacelift.splat import RenderOutput
-from mousefacelift.config import ConfigError, typed
+from mousefacelift.config import ConfigError
 from train.tasks.gslrm.losses import LossConfig, compute_losses, composite_target, perceptual_scale
 from train.metrics import depth_error, mask_iou, masked_psnr, masked_ssim, psnr, render_metrics, ssim
 
@@ -23,7 +23,7 @@ def scene(B=1, V=2, H=16, W=16):
 def test_perfect_render_has_zero_loss_and_terms_react():
     batch = scene()
     perfect = RenderOutput(batch["rgb"].clone(), batch["alpha"].clone(), batch["depth"].clone())
-    cfg = LossConfig(depth_weight=1.0)
+    cfg = LossConfig.from_yaml(depth_weight=1.0)
     total, parts = compute_losses(perfect, batch, cfg, step=0)
     assert float(total) == 0.0 and set(parts) >= {"rgb", "alpha", "depth", "total", "psnr_masked"}
     off = RenderOutput(perfect.rgb, perfect.alpha, perfect.depth + 0.1 * batch["alpha"])
@@ -36,7 +36,7 @@ def test_perfect_render_has_zero_loss_and_terms_react():
 
 def test_huber_depth_is_robust_in_world_units():
     batch = scene()
-    cfg = LossConfig(depth_weight=1.0, depth_huber_delta=0.02)
+    cfg = LossConfig.from_yaml(depth_weight=1.0, depth_huber_delta=0.02)
     far = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"] + 1.0 * batch["alpha"])
     _, p = compute_losses(far, batch, cfg, 0)
     assert abs(float(p["depth"]) - 0.02 * (1.0 - 0.01)) < 1e-6   # linear beyond delta
@@ -45,9 +45,9 @@ def test_huber_depth_is_robust_in_world_units():
 def test_alpha_loss_l1_and_bce():
     batch = scene()
     empty = RenderOutput(batch["rgb"], torch.zeros_like(batch["alpha"]), batch["depth"])
-    _, p = compute_losses(empty, batch, LossConfig(), 0)
+    _, p = compute_losses(empty, batch, LossConfig.from_yaml(), 0)
     assert abs(float(p["alpha"]) - float(batch["alpha"].mean())) < 1e-6
-    _, pb = compute_losses(empty, batch, LossConfig(alpha_loss="bce"), 0)
+    _, pb = compute_losses(empty, batch, LossConfig.from_yaml(alpha_loss="bce"), 0)
     assert float(pb["alpha"]) > float(p["alpha"])
 
 
@@ -57,7 +57,7 @@ def test_regularisers_need_gaussians_and_penalise_large_scales():
     out = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"])
     g = Gaussians(torch.zeros(1, 2, 3), torch.tensor([[[0.01] * 3, [0.25] * 3]]), torch.tensor([[[1., 0, 0, 0]] * 2]),
                   torch.tensor([[[0.2], [0.6]]]), torch.zeros(1, 2, 1, 3))
-    cfg = LossConfig(opacity_reg_weight=1.0, scale_reg_weight=1.0, scale_reg_max=0.05)
+    cfg = LossConfig.from_yaml(opacity_reg_weight=1.0, scale_reg_weight=1.0, scale_reg_max=0.05)
     total, p = compute_losses(out, batch, cfg, 0, gaussians=g)
     assert abs(float(p["opacity_reg"]) - 0.4) < 1e-6 and abs(float(p["scale_reg"]) - 0.1) < 1e-6
     assert abs(float(total) - 0.5) < 1e-6
@@ -65,9 +65,9 @@ def test_regularisers_need_gaussians_and_penalise_large_scales():
 
 def test_perceptual_needs_local_weights_and_warms_up(tmp_path):
     with pytest.raises(ValueError, match="perceptual_weights"):
-        LossConfig(perceptual_weight=0.5)
-    cfg = LossConfig(perceptual_weight=0.5, perceptual_weights=str(tmp_path / "vgg16.pth"),
-                     perceptual_warmup_steps=100, perceptual_ramp_steps=10)
+        LossConfig.from_yaml(perceptual_weight=0.5)
+    cfg = LossConfig.from_yaml(perceptual_weight=0.5, perceptual_weights=str(tmp_path / "vgg16.pth"),
+                               perceptual_warmup_steps=100, perceptual_ramp_steps=10)
     assert perceptual_scale(cfg, 99) == 0.0 and perceptual_scale(cfg, 104) == 0.5 and perceptual_scale(cfg, 500) == 1
     batch = scene()
     out = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"])
@@ -80,12 +80,12 @@ def test_perceptual_needs_local_weights_and_warms_up(tmp_path):
     assert float(p["perceptual"]) > 0
 
 
-def test_config_from_mapping_rejects_unknown_keys():
-    assert typed(LossConfig, {"rgb_weight": 2}, "loss").rgb_weight == 2.0
-    with pytest.raises(ConfigError, match=r"loss: unknown key\(s\) \['rgb_wieght'\]"):
-        typed(LossConfig, {"rgb_wieght": 2.0}, "loss")
+def test_config_overrides_are_checked():
+    assert LossConfig.from_yaml(rgb_weight=2).rgb_weight == 2.0
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['rgb_wieght'\]"):
+        LossConfig.from_yaml(rgb_wieght=2.0)
     with pytest.raises(ConfigError, match="alpha_loss must be 'l1' or 'bce'"):
-        typed(LossConfig, {"alpha_loss": "l2"}, "loss")
+        LossConfig.from_yaml(alpha_loss="l2")
 
 
 def test_composite_target():
@@ -159,7 +159,7 @@ def test_pointmap_depth_loss_measures_each_pixel_gaussian_against_its_pixel_dept
     batch = {"rgb": torch.ones(1, 2, 3, H, W), "alpha": alpha, "depth": depth, "has_depth": torch.ones(1),
              "background": torch.ones(1, 3), "input_c2w": c2w, "input_depth": depth, "input_alpha": alpha}
     perfect = RenderOutput(batch["rgb"], alpha * 0 + 0.0, depth * 0)
-    base, p0 = compute_losses(perfect, batch, LossConfig(alpha_weight=0.0), 0, gaussians=mk(shifted))
-    total, p1 = compute_losses(perfect, batch, LossConfig(alpha_weight=0.0, pointmap_weight=2.0), 0,
+    base, p0 = compute_losses(perfect, batch, LossConfig.from_yaml(alpha_weight=0.0), 0, gaussians=mk(shifted))
+    total, p1 = compute_losses(perfect, batch, LossConfig.from_yaml(alpha_weight=0.0, pointmap_weight=2.0), 0,
                                gaussians=mk(shifted))
     assert "pointmap" not in p0 and abs(float(total - base) - 2 * expect) < 1e-4

@@ -1,14 +1,13 @@
-"""Tasks and typed configs: the registry, unknown keys named, dataclass defaults equal to the YAML."""
+"""Tasks and typed configs: the registry, unknown keys named, values set in the YAML and nowhere else."""
 from dataclasses import MISSING, fields
 
 import pytest
-from omegaconf import OmegaConf
 
-from mousefacelift.config import ConfigError, compose, configs_dir, typed
+from mousefacelift.config import ConfigError, compose, configs_dir, load_typed, load_yaml
 from mousefacelift.models import load_preset
 from mousefacelift.models.gslrm import GSLRMConfig
 from train.augment import AugmentConfig
-from train.data import data_config
+from train.data import DataConfig, data_config
 from train.tasks import TASKS, build_task
 from train.tasks.gslrm import GSLRMTask
 from train.tasks.gslrm.losses import LossConfig
@@ -44,19 +43,17 @@ def test_every_phase_config_types_cleanly(phase):
     assert data.view_sampling.num_views == cfg.data.view_sampling.num_views
 
 
-def _yaml(name):
-    return OmegaConf.to_container(OmegaConf.load(configs_dir() / name), resolve=False)
-
-
-@pytest.mark.parametrize("cls,block", [
-    (LossConfig, lambda: _yaml("train.yaml")["loss"]),
-    (ViewSamplingConfig, lambda: _yaml("data/base.yaml")["view_sampling"]),
-    (AugmentConfig, lambda: _yaml("data/base.yaml")["augment"]),
+@pytest.mark.parametrize("cls,group,name,key", [
+    (LossConfig, "", "train", "loss"),
+    (DataConfig, "data", "base", None),
+    (ViewSamplingConfig, "data", "base", "view_sampling"),
+    (AugmentConfig, "data", "base", "augment"),
 ])
-def test_dataclass_defaults_are_the_yaml_defaults(cls, block):
-    stated = block()
-    assert set(stated) == {f.name for f in fields(cls)}
-    assert typed(cls, stated, cls.__name__) == cls()
+def test_values_the_yaml_states_have_no_dataclass_default(cls, group, name, key):
+    stated, _ = load_yaml(group, name, key=key)
+    defaulted = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    assert not defaulted & set(stated), f"{cls.__name__} restates YAML values as defaults: {defaulted & set(stated)}"
+    assert isinstance(load_typed(cls, group, name, key=key), cls)
 
 
 def test_model_presets_never_restate_a_dataclass_default():

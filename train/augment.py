@@ -25,10 +25,13 @@ so borders uncovered by a warp show the background colour, never smeared foregro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mousefacelift.config import load_typed
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5)}
 
@@ -75,15 +78,21 @@ def resize_views(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor | N
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """``data.augment``; the defaults are configs/data/base.yaml's (held equal by a test)."""
+    """``data.augment``. configs/data/base.yaml states and documents every field, so the
+    dataclass has no defaults; :meth:`from_yaml` is that block with fields overridden."""
 
-    enabled: bool = True
-    probability: float = 0.5          # chance per input view that it is augmented at all
-    jitter_rotation_deg: float = 2.0  # max rotation of the camera about its centre
-    jitter_focal: float = 0.03        # max relative change of fx, fy
-    jitter_principal_px: float = 1.0  # max principal-point shift, in training pixels
-    grid_distortion_px: float = 1.0   # max displacement of the smooth warp, in training pixels
-    grid_cells: int = 4               # control-point cells per side of the warp field
+    enabled: bool
+    probability: float          # chance per input view that it is augmented at all
+    jitter_rotation_deg: float  # max rotation of the camera about its centre
+    jitter_focal: float         # max relative change of fx, fy
+    jitter_principal_px: float  # max principal-point shift, in training pixels
+    grid_distortion_px: float   # max displacement of the smooth warp, in training pixels
+    grid_cells: int             # control-point cells per side of the warp field
+
+    @classmethod
+    def from_yaml(cls, **overrides: Any) -> AugmentConfig:
+        """configs/data/base.yaml's ``augment:`` block with ``overrides`` (field=value) applied."""
+        return load_typed(cls, "data", "base", overrides, key="augment")
 
 
 def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:

@@ -51,7 +51,8 @@ class ShardSetConfig:
     """One entry of ``data.sets``: a named shard spec and its mixing weight."""
 
     shards: Any                   # any spec of mousefacelift.shards.resolve_shards
-    name: str | None = None       # default: set<i>
+    # name and weight keep defaults: no YAML holds a default entry, and a set given as an override may omit them
+    name: str | None = None       # None: set<i>
     weight: float = 1.0
 
 

@@ -16,21 +16,30 @@ Policies:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from mousefacelift.config import load_typed
 
 
 @dataclass(frozen=True)
 class ViewSamplingConfig:
-    """``data.view_sampling``; the defaults are configs/data/base.yaml's (held equal by a test)."""
+    """``data.view_sampling``. configs/data/base.yaml states and documents every field, so the
+    dataclass has no defaults; :meth:`from_yaml` is that block with fields overridden."""
 
-    num_views: int = 8
-    num_input_views: int = 4
-    policy: str = "random"
-    fixed_views: tuple[int, ...] | None = None
-    min_input_separation_deg: float = 30.0
-    max_target_distance_deg: float = 75.0
-    max_tries: int = 32
+    num_views: int
+    num_input_views: int
+    policy: str                        # "random" or "fixed"
+    fixed_views: tuple[int, ...] | None
+    min_input_separation_deg: float
+    max_target_distance_deg: float
+    max_tries: int
+
+    @classmethod
+    def from_yaml(cls, **overrides: Any) -> ViewSamplingConfig:
+        """configs/data/base.yaml's ``view_sampling:`` block with ``overrides`` (field=value) applied."""
+        return load_typed(cls, "data", "base", overrides, key="view_sampling")
 
     def __post_init__(self):
         if self.policy not in ("fixed", "random"):

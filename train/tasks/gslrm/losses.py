@@ -3,8 +3,8 @@
 ``compute_losses(render_out, batch, cfg, step, gaussians=None) -> (total, parts)``
 
 Terms (a weight of 0 turns a term off; all weights and knobs live in :class:`LossConfig`,
-whose fields are the ``loss:`` keys of configs/train.yaml (same defaults, held equal by a
-test) and configs/phase/*.yaml):
+whose fields are the ``loss:`` keys of configs/train.yaml, where their values are set, and
+configs/phase/*.yaml):
 - ``rgb``: MSE between the render (composited on the batch's background) and the batch's
   ``rgb`` (train.data composites the ground truth on the same ``background``; if the batch
   instead carries straight colours, :func:`composite_target` does the compositing);
@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mousefacelift.config import load_typed
+
 from ...metrics import masked_psnr
 
 __all__ = ["LossConfig", "compute_losses", "composite_target", "VGGPerceptual", "load_perceptual"]
@@ -42,21 +44,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LossConfig:
-    rgb_weight: float = 1.0
-    alpha_weight: float = 0.5
-    alpha_loss: str = "l1"              # "l1" or "bce"
-    depth_weight: float = 0.0           # >0 in the synthetic phase (mouse shards carry depth)
-    depth_loss: str = "huber"           # "huber" or "l1"
-    depth_huber_delta: float = 0.02     # world units (~1/100 of the subject cube)
-    depth_min_alpha: float = 0.5        # depth is supervised only where the render covers the pixel
-    pointmap_weight: float = 0.0        # >0: each input pixel's Gaussian vs that pixel's depth (needs input_depth)
-    perceptual_weight: float = 0.0      # off by default: needs local VGG16 weights
-    perceptual_weights: str | None = None  # path to a torchvision-layout VGG16 state dict (.pth)
-    perceptual_warmup_steps: int = 0    # perceptual term is 0 before this step ...
-    perceptual_ramp_steps: int = 0      # ... then ramps linearly to full weight over this many steps
-    opacity_reg_weight: float = 0.0
-    scale_reg_weight: float = 0.0
-    scale_reg_max: float = 0.05         # world units; larger Gaussians are penalised
+    """The ``loss:`` block. configs/train.yaml states and documents every field, so the
+    dataclass has no defaults; :meth:`from_yaml` is that block with fields overridden."""
+
+    rgb_weight: float
+    alpha_weight: float
+    alpha_loss: str                  # "l1" or "bce"
+    depth_weight: float
+    depth_loss: str                  # "huber" or "l1"
+    depth_huber_delta: float         # world units
+    depth_min_alpha: float           # depth is supervised only where the render covers the pixel
+    pointmap_weight: float           # each input pixel's Gaussian vs that pixel's depth (needs input_depth)
+    perceptual_weight: float
+    perceptual_weights: str | None   # path to a torchvision-layout VGG16 state dict (.pth)
+    perceptual_warmup_steps: int     # perceptual term is 0 before this step ...
+    perceptual_ramp_steps: int       # ... then ramps linearly to full weight over this many steps
+    opacity_reg_weight: float
+    scale_reg_weight: float
+    scale_reg_max: float             # world units; larger Gaussians are penalised
+
+    @classmethod
+    def from_yaml(cls, **overrides: Any) -> LossConfig:
+        """configs/train.yaml's ``loss:`` block with ``overrides`` (field=value) applied."""
+        return load_typed(cls, "", "train", overrides, key="loss")
 
     def __post_init__(self):
         if self.alpha_loss not in ("l1", "bce"):
