@@ -46,13 +46,15 @@ class Prediction:
     render: RenderOutput
 
 
-def load_model(path: str | os.PathLike, facelift_config: Any = None,
-               device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(path: str | os.PathLike, facelift_config: Any = None, device: str | torch.device = "cpu",
+               use_ema: bool = True) -> torch.nn.Module:
     """The model of a checkpoint, in eval mode on ``device``.
 
-    A checkpoint of ``train.run`` describes its own model; ``facelift_config`` (a preset name,
-    YAML path or mapping of :func:`mousefacelift.models.model_config`) is only for FaceLift
-    GS-LRM weights, which carry no config.
+    A checkpoint of ``train.run`` describes its own model; it holds the moving average of the
+    weights (``ema``) when it was trained with ``train.ema_decay``, and those are loaded unless
+    ``use_ema`` is False. ``facelift_config`` (a preset name, YAML path or mapping of
+    :func:`mousefacelift.models.model_config`) is only for FaceLift GS-LRM weights, which carry
+    no config.
     """
     state = load_checkpoint(path, what="model checkpoint")
     if "config" in state:
@@ -60,7 +62,7 @@ def load_model(path: str | os.PathLike, facelift_config: Any = None,
             raise ValueError(f"{path} was written by train.run and carries its own config.model; "
                              "facelift_config is only for FaceLift weights")
         model = build_model(model_config_of(state, str(path)), where=f"{path} config.model")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["ema"] if use_ema and "ema" in state else state["model"])
     else:
         if facelift_config is None:
             raise ValueError(f"{path} has no config.model (not written by train.run): pass facelift_config, "

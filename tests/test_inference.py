@@ -95,3 +95,12 @@ def test_facelift_weights_load_through_the_same_loader(tmp_path, tiny):
     images, K, c2w, _, _ = views()
     with torch.no_grad():
         torch.testing.assert_close(model(images, K, c2w).sh, tiny(images, K, c2w).sh)
+
+
+def test_the_moving_average_is_loaded_when_the_checkpoint_has_one(tmp_path, tiny):
+    ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in tiny.state_dict().items()}
+    path = save_checkpoint(tmp_path / "ckpt.pt", {"model": tiny.state_dict(), "ema": ema,
+                                                  "config": {"model": load_preset("tiny")}})
+    assert torch.equal(load_model(path).state_dict()["tokenizer.weight"], ema["tokenizer.weight"])
+    assert torch.equal(load_model(path, use_ema=False).state_dict()["tokenizer.weight"],
+                       tiny.state_dict()["tokenizer.weight"])

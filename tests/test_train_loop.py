@@ -1,14 +1,18 @@
-"""train.trainer at tiny size on CPU: resume exactness, missing checkpoints, skipped steps, freezing."""
+"""train.trainer at tiny size on CPU: resume exactness, missing checkpoints, skipped steps, freezing, EMA."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from mousefacelift.analytic import write_sphere_shards
 from mousefacelift.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mousefacelift.config import compose
+from mousefacelift.config import ConfigError, compose, typed
 from mousefacelift.models import build_model
 from train.data import make_train_loader
+from train.ema import EMA
 from train.schedule import lr_factor, param_groups
-from train.trainer import Trainer, apply_freeze, freeze_patterns
+from train.settings import PhaseConfig
+from train.trainer import Trainer, apply_freeze
 
 SIZE = 16   # the CPU reference splatter dominates; 16 px x 4 views keeps a step ~0.1 s
 
@@ -92,14 +96,13 @@ def test_nonfinite_and_spike_steps_are_skipped(tmp_path, shard_root):
     assert res["skipped"] is None
     assert any(not torch.equal(before[k], v) for k, v in _params(tr.model).items())
     # a grad-norm spike against the running median is skipped too
-    tr.tcfg.skip.min_history = 1
-    tr.tcfg.skip.spike_factor = 1e-6
+    tr.loop = replace(tr.loop, skip=replace(tr.loop.skip, min_history=1, spike_factor=1e-6))
     assert tr.train_step(it)["skipped"] == "spike" and tr.counters["skipped_spike"] == 1
 
 
 def test_freeze_policy_and_param_groups(tmp_path, shard_root):
     cfg = tiny_cfg(tmp_path, shard_root, "phase=real")
-    pats = freeze_patterns(cfg.phase)
+    pats = typed(PhaseConfig, cfg.phase, "phase").freeze_patterns()
     assert "blocks.0.*" in pats and "blocks.1.*" in pats and "blocks.2.*" not in pats
     m = build_model(cfg.model)
     frozen = apply_freeze(m, pats)
@@ -118,3 +121,34 @@ def test_lr_schedule_warmup_then_cosine():
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_ema_follows_the_weights_and_resumes_exactly(tmp_path, shard_root):
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=100)                       # past the warm-up: decay_t = 0.9
+    assert torch.allclose(ema.state_dict()["weight"], 0.9 * start["weight"] + 0.1 * model.weight)
+    with ema.applied(model):
+        assert torch.equal(model.weight, ema.state_dict()["weight"])
+    assert torch.equal(model.weight, start["weight"] + 1.0)   # the model's own weights are back
+
+    over = ["phase=pretrain", "train.steps=4", "train.ema_decay=0.9"]
+    straight = Trainer(tiny_cfg(tmp_path / "a", shard_root, *over))
+    straight.fit()
+    Trainer(tiny_cfg(tmp_path / "b", shard_root, *over, "train.stop_after_steps=2")).fit()
+    second = Trainer(tiny_cfg(tmp_path / "b", shard_root, *over, "resume=true"))
+    second.fit()
+    a, b = straight.ema.state_dict(), load_checkpoint(tmp_path / "b/pretrain/checkpoints/last.pt")["ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], straight.model.state_dict()[k]) for k in a)
+
+
+def test_trainer_sections_name_unknown_and_bad_keys(tmp_path, shard_root):
+    cfg = tiny_cfg(tmp_path, shard_root, "phase=pretrain", "+train.stpes=3")
+    with pytest.raises(ConfigError, match=r"train: unknown key\(s\) \['stpes'\]"):
+        Trainer(cfg)
+    with pytest.raises(ConfigError, match="train.ema_decay must be in"):
+        Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", "train.ema_decay=1.5"))

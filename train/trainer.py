@@ -35,7 +35,9 @@ from mousefacelift.shards import manifest_record
 
 from . import checkpoint as ckpt
 from .data import data_config, eval_examples, make_train_loader
+from .ema import EMA
 from .schedule import build_optimizer, build_scheduler
+from .settings import TrainerSettings
 from .tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -77,15 +79,6 @@ def apply_freeze(model: torch.nn.Module, patterns) -> list[str]:
     return sorted(frozen_set)
 
 
-def freeze_patterns(phase_cfg) -> list[str]:
-    """phase.freeze globs plus ``{block_prefix}.{i}.*`` for the first ``freeze_first_blocks`` blocks."""
-    pats = [str(p) for p in (phase_cfg.get("freeze") or [])]
-    n = int(phase_cfg.get("freeze_first_blocks") or 0)
-    prefix = str(phase_cfg.get("block_prefix") or "blocks")
-    pats += [f"{prefix}.{i}.*" for i in range(n)]
-    return pats
-
-
 def _seed_step(seed: int, rank: int, step: int) -> None:
     torch.manual_seed((seed * 1_000_003 + rank * 7919 + step) & 0x7FFFFFFF)
 
@@ -99,16 +92,16 @@ class Trainer:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.settings = TrainerSettings.of(cfg)
         self.task = build_task(cfg)
         self.data = data_config(cfg.data)
         self.rank, self.world, self.device = setup_distributed(str(cfg.device))
         self.out_dir = Path(str(cfg.out_dir))
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.tcfg = cfg.train
-        self.steps = int(self.tcfg.steps)
-        self.accum = int(self.tcfg.grad_accum)
-        if self.steps <= 0 or self.accum <= 0:
-            raise ValueError(f"train.steps ({self.steps}) and train.grad_accum ({self.accum}) must be positive")
+        self.loop = self.settings.loop
+        self.phase = self.settings.phase
+        self.steps = self.loop.steps
+        self.accum = self.loop.grad_accum
         prec = str(cfg.precision)
         if prec not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision is {prec!r}, expected auto, bf16 or fp32")
@@ -121,7 +114,7 @@ class Trainer:
         self.stream_positions: dict[int, int] = {}
         self.counters = {"skipped_nonfinite": 0, "skipped_spike": 0, "corrupt_samples": 0, "view_fallbacks": 0,
                          "samples": 0}
-        self.grad_history: deque[float] = deque(maxlen=int(self.tcfg.skip.history))
+        self.grad_history: deque[float] = deque(maxlen=self.loop.skip.history)
         resume_state = None
         if bool(cfg.resume):
             resume_state = load_checkpoint(self.ckpt_dir / LAST, what=f"resume=true in {self.out_dir}")
@@ -129,19 +122,20 @@ class Trainer:
             self.model.load_state_dict(resume_state["model"])
             log.info("resuming %s from step %d", self.out_dir, resume_state["step"])
         elif cfg.get("init_from"):
-            init = load_checkpoint(str(cfg.init_from), what=f"init_from of phase {cfg.phase.name}")
+            init = load_checkpoint(str(cfg.init_from), what=f"init_from of phase {self.phase.name}")
             self._check_model_type(init, cfg.init_from)
-            missing, unexpected = self.model.load_state_dict(init["model"], strict=bool(cfg.phase.init_strict))
+            missing, unexpected = self.model.load_state_dict(init["model"], strict=self.phase.init_strict)
             log.info("phase %s initialised from %s (step %s of phase %s); missing=%d unexpected=%d",
-                     cfg.phase.name, cfg.init_from, init.get("step"), init.get("phase"), len(missing), len(unexpected))
+                     self.phase.name, cfg.init_from, init.get("step"), init.get("phase"), len(missing), len(unexpected))
         else:
-            log.info("phase %s starts from freshly initialised weights (init_from is null)", cfg.phase.name)
+            log.info("phase %s starts from freshly initialised weights (init_from is null)", self.phase.name)
 
-        self.frozen = apply_freeze(self.model, freeze_patterns(cfg.phase))
+        self.frozen = apply_freeze(self.model, self.phase.freeze_patterns())
         if self.frozen:
-            log.info("froze %d parameter tensors (%s)", len(self.frozen), freeze_patterns(cfg.phase))
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps)
+            log.info("froze %d parameter tensors (%s)", len(self.frozen), self.phase.freeze_patterns())
+        self.optimizer = build_optimizer(self.model, self.settings.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.settings.optim, self.steps)
+        self.ema = EMA(self.model, self.loop.ema_decay) if self.loop.ema_decay is not None else None
         if resume_state is not None:
             self._restore(resume_state)
         self.ddp = self.model
@@ -149,7 +143,7 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.writer = None
-        if self.rank == 0 and bool(self.tcfg.tensorboard):
+        if self.rank == 0 and self.loop.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
         self.eval_set = None
@@ -176,7 +170,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "phase": str(self.cfg.phase.name), "step": self.step, "model": self.model.state_dict(),
+            "phase": self.phase.name, "step": self.step, "model": self.model.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(), "consumed_batches": self.consumed_batches,
             "stream_positions": self._gather_positions(), "world_size": self.world,
@@ -207,6 +202,12 @@ class Trainer:
         self.stream_positions = dict(st["stream_positions"].get(self.rank, {}))
         self.counters.update(st["counters"])
         self.grad_history.extend(st["grad_history"])
+        if self.ema is not None:
+            if "ema" in st:
+                self.ema.load_state_dict(st["ema"])
+            else:
+                log.warning("the checkpoint holds no EMA weights (written with train.ema_decay=null): the average "
+                            "starts from the weights of step %d", self.step)
         ckpt.set_rng_state(st["rng"])
 
     def save(self) -> None:
@@ -258,13 +259,13 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.tcfg.grad_clip)))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.loop.grad_clip))
         skip = None
         if flag.item() > 0 or not math.isfinite(grad_norm):
             skip = "nonfinite"
-        elif len(self.grad_history) >= int(self.tcfg.skip.min_history):
+        elif len(self.grad_history) >= self.loop.skip.min_history:
             med = float(np.median(self.grad_history))
-            if grad_norm > float(self.tcfg.skip.spike_factor) * med:
+            if grad_norm > self.loop.skip.spike_factor * med:
                 skip = "spike"
         if skip:
             self.counters[f"skipped_{skip}"] += 1
@@ -273,6 +274,8 @@ class Trainer:
         else:
             self.optimizer.step()
             self.grad_history.append(grad_norm)
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step += 1
@@ -281,39 +284,39 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
-        cfg, t = self.cfg, self.tcfg
+        cfg, t, name = self.cfg, self.loop, self.phase.name
         loader = make_train_loader(self.data, int(cfg.seed), resume_positions=self.stream_positions,
                                    consumed_batches=self.consumed_batches)
         it = iter(loader)
         if self.step >= self.steps:
-            log.info("phase %s already at step %d of %d: nothing to do", cfg.phase.name, self.step, self.steps)
-        bar = tqdm(total=self.steps, initial=self.step, desc=f"train {cfg.phase.name}", disable=self.rank != 0,
+            log.info("phase %s already at step %d of %d: nothing to do", name, self.step, self.steps)
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"train {name}", disable=self.rank != 0,
                    dynamic_ncols=True)
         last_metrics: dict = {}
         t0, s0 = time.time(), self.counters["samples"]
         stop_at = self.steps
-        if t.get("stop_after_steps") is not None:
+        if t.stop_after_steps is not None:
             stop_at = min(self.steps, self.step + int(t.stop_after_steps))
         while self.step < stop_at:
             res = self.train_step(it)
             bar.update(1)
-            if self.rank == 0 and (self.step % int(t.log_every) == 0 or self.step == self.steps):
+            if self.rank == 0 and (self.step % t.log_every == 0 or self.step == self.steps):
                 dt = max(time.time() - t0, 1e-9)
                 sps = (self.counters["samples"] - s0) * self.world / dt
                 t0, s0 = time.time(), self.counters["samples"]
                 self._log_scalars(res, sps)
                 bar.set_postfix(loss=f"{res['parts'].get('total', float('nan')):.4f}", gn=f"{res['grad_norm']:.3g}")
-            if self.writer is not None and int(t.image_every) > 0 and self.step % int(t.image_every) == 0:
+            if self.writer is not None and t.image_every > 0 and self.step % t.image_every == 0:
                 self._log_images(res["batch"], res["prediction"], "train")
-            if int(t.eval_every) > 0 and (self.step % int(t.eval_every) == 0 or self.step == self.steps):
+            if t.eval_every > 0 and (self.step % t.eval_every == 0 or self.step == self.steps):
                 last_metrics = self.run_eval() or last_metrics
-            if self.step % int(t.ckpt_every) == 0 or self.step == stop_at:
+            if self.step % t.ckpt_every == 0 or self.step == stop_at:
                 self.save()
         bar.close()
         if self.writer is not None:
             self.writer.flush()
-        summary = {"phase": str(cfg.phase.name), "step": self.step, **self.counters, **last_metrics}
-        log.info("phase %s finished at step %d: %s", cfg.phase.name, self.step,
+        summary = {"phase": name, "step": self.step, **self.counters, **last_metrics}
+        log.info("phase %s finished at step %d: %s", name, self.step,
                  {k: v for k, v in summary.items() if k not in ("phase", "step")})
         return summary
 
@@ -334,16 +337,14 @@ class Trainer:
         self.writer.add_image(f"{tag}/views", self.task.image_panel(batch, prediction), self.step, dataformats="HWC")
 
     def run_eval(self) -> dict | None:
-        ecfg = self.cfg.eval
-        if ecfg.get("shards") is None:
+        ecfg = self.settings.eval
+        if ecfg.shards is None:
             return None
         if self.eval_set is None:
-            self.eval_set = eval_examples(OmegaConf.to_container(ecfg.shards) if OmegaConf.is_config(ecfg.shards)
-                                          else ecfg.shards, self.data, int(self.cfg.seed),
-                                          max_samples=ecfg.get("max_samples"))
+            self.eval_set = eval_examples(ecfg.shards, self.data, int(self.cfg.seed), max_samples=ecfg.max_samples)
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), (self.ema.applied(self.model) if self.ema is not None else _nullctx()):
                 metrics, panel = self.task.evaluate(self.model, self.eval_set, self.device, self.autocast)
         finally:
             self.model.train()

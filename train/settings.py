@@ -1,0 +1,109 @@
+"""The generic trainer's own config sections, typed: ``train``, ``eval``, ``phase``, ``optim``.
+
+Their values are stated and documented in configs/train.yaml, configs/optim/ and the phase
+files, never here; :func:`mousefacelift.config.typed` turns each section into its dataclass,
+so an unknown or misspelt key in any of those files is an error naming it. Tasks read their
+own sections (``model``, ``loss``) the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mousefacelift.config import ConfigError, typed
+
+
+def _positive(where: str, **values) -> None:
+    for name, v in values.items():
+        if not v > 0:
+            raise ConfigError(f"{where}.{name} must be positive, got {v!r}")
+
+
+@dataclass(frozen=True)
+class SkipConfig:
+    """When a step is skipped: gradient norm above ``spike_factor`` x the running median."""
+
+    spike_factor: float
+    history: int
+    min_history: int
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The ``train`` section: steps, accumulation, clipping, skipping, EMA, logging cadence."""
+
+    steps: int
+    grad_accum: int
+    grad_clip: float
+    skip: SkipConfig
+    ema_decay: float | None
+    log_every: int
+    image_every: int
+    eval_every: int
+    ckpt_every: int
+    stop_after_steps: int | None
+    tensorboard: bool
+
+    def __post_init__(self):
+        _positive("train", steps=self.steps, grad_accum=self.grad_accum, log_every=self.log_every,
+                  ckpt_every=self.ckpt_every)
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The ``eval`` section: held-out shards and how much of them to score."""
+
+    shards: Any
+    max_samples: int | None
+    batch_size: int
+    collapse_warn_ratio: float
+
+    def __post_init__(self):
+        _positive("eval", batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """The ``phase`` section: the phase's name and what of the model it freezes."""
+
+    name: str
+    freeze: tuple[str, ...]
+    freeze_first_blocks: int
+    block_prefix: str
+    init_strict: bool
+
+    def freeze_patterns(self) -> list[str]:
+        """``freeze`` globs plus ``{block_prefix}.{i}.*`` for the first ``freeze_first_blocks`` blocks."""
+        return list(self.freeze) + [f"{self.block_prefix}.{i}.*" for i in range(self.freeze_first_blocks)]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The ``optim`` section: AdamW and its warm-up + cosine schedule (train/schedule.py)."""
+
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+
+    def __post_init__(self):
+        _positive("optim", lr=self.lr, eps=self.eps)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """All of the trainer's own sections of a composed training config."""
+
+    loop: LoopConfig
+    eval: EvalConfig
+    phase: PhaseConfig
+    optim: OptimConfig
+
+    @classmethod
+    def of(cls, cfg) -> "TrainerSettings":
+        return cls(loop=typed(LoopConfig, cfg.train, "train"), eval=typed(EvalConfig, cfg.eval, "eval"),
+                   phase=typed(PhaseConfig, cfg.phase, "phase"), optim=typed(OptimConfig, cfg.optim, "optim"))
