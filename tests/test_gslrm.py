@@ -115,7 +115,7 @@ def test_presets_and_base_size_on_meta_device(tmp_path):
         model_config({k: v for k, v in load_preset("tiny").items() if k != "type"})
     with pytest.raises(ConfigError, match=r"tiny.yaml.width: 'wide' is not a valid int"):
         model_config(write_yaml(tmp_path / "tiny.yaml", {**load_preset("tiny"), "width": "wide"}))
-    with pytest.raises(FileNotFoundError, match="presets"):
+    with pytest.raises(ConfigError, match=r"model config .gigantic.: no file .*known: \[.base., .small., .tiny.\]"):
         model_config("gigantic")
 
 

@@ -9,37 +9,24 @@ module), and every mapping reaches its dataclass through :func:`mousefacelift.co
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch.nn as nn
-from omegaconf import OmegaConf
 
-from ..config import ConfigError, configs_dir, plain, typed
+from ..config import ConfigError, load_yaml, plain, typed
 from .gslrm import GSLRM, GSLRMConfig
 
-__all__ = ["MODELS", "preset_path", "load_preset", "model_config", "build_model"]
+__all__ = ["MODELS", "load_preset", "model_config", "build_model"]
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "gslrm": (GSLRMConfig, GSLRM),
 }
 
 
-def preset_path(name_or_path: str | os.PathLike) -> Path:
-    """configs/model/NAME.yaml for a preset name, else the YAML file given; missing -> error listing presets."""
-    path = Path(name_or_path)
-    folder = configs_dir() / "model"
-    if not path.suffix:
-        path = folder / f"{name_or_path}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise FileNotFoundError(f"model config {str(name_or_path)!r}: no file {path}; presets: {presets}")
-    return path
-
-
 def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """The plain mapping of a preset (to override fields before :func:`model_config`)."""
-    return plain(OmegaConf.load(preset_path(name_or_path)))
+    """The plain mapping of a preset, ``configs/model/NAME.yaml`` or a YAML file (to override
+    fields before :func:`model_config`)."""
+    return load_yaml("model", name_or_path)[0]
 
 
 def model_config(spec: Any, where: str = "model"):
@@ -48,8 +35,7 @@ def model_config(spec: Any, where: str = "model"):
     if isinstance(spec, tuple(cls for cls, _ in MODELS.values())):
         return spec
     if isinstance(spec, (str, os.PathLike)):
-        where = str(preset_path(spec))
-        spec = load_preset(spec)
+        spec, where = load_yaml("model", spec)
     spec = plain(spec)
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: expected a preset name, a YAML path or a mapping, got {type(spec).__name__}")
