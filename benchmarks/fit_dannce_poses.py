@@ -39,6 +39,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mousefacelift.body import PoseSampler, load_body_model, load_pose_config  # noqa: E402
 from mousefacelift.body.fit import FitConfig, body_euler, fit_keypoints  # noqa: E402
+from mousefacelift.body.poses import load_fitted  # noqa: E402
 from mousefacelift.config import configs_dir  # noqa: E402
 from mousefacelift.dannce import default_label_file, load_labelled_keypoints  # noqa: E402
 
@@ -205,7 +206,7 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=["procedural", "mammal"])
     ap.add_argument("--labels", default=None, help="label3d_dannce.mat (default $MOUSEFACELIFT_DANNCE_DIR/...)")
     ap.add_argument("--train", type=int, default=60, help="fit the first N labelled frames (by frame number)")
-    ap.add_argument("--poses-config", default=None, help="hand-set pose config (default configs/poses/default.yaml)")
+    ap.add_argument("--poses-config", default="default", help="hand-set pose config: a name in configs/poses/ or a YAML file")
     ap.add_argument("--out", default=str(configs_dir() / "poses" / "fitted_dannce.yaml"))
     ap.add_argument("--iters", type=int, default=FitConfig.iters)
     a = ap.parse_args(argv)
@@ -266,7 +267,7 @@ def main(argv=None) -> None:
     out = Path(a.out)
     old = {}
     if out.exists():                                  # keep models not re-fitted in this run
-        old = (yaml.safe_load(out.read_text()) or {}).get("models", {})
+        old = load_fitted(out.resolve())["models"]
     write_yaml_atomic(out, header, {"source": {"labels": Path(labels).name, "train_frames": [int(f) for f in lab.frames[train]],
                                                "held_out_frames": [int(f) for f in lab.frames[held]]},
                                     "models": {**old, **models_out}})

@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     ap.add_argument("--labels", default=None, help="label3d_dannce.mat (default $MOUSEFACELIFT_DANNCE_DIR/...)")
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--poses-config", default=None)
+    ap.add_argument("--poses-config", default="default", help="a name in configs/poses/ or a YAML file")
     ap.add_argument("--held-out", type=int, default=21, help="last N labelled frames (by frame number) reported apart")
     ap.add_argument("--compare-hand-set", action="store_true", help="also sample without the fitted statistics")
     a = ap.parse_args(argv)

@@ -11,9 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from mousefacelift.config import ConfigError, configs_dir, typed
+from mousefacelift.config import ConfigError, load_yaml, typed
 
 
 @dataclass(frozen=True)
@@ -49,16 +47,10 @@ class QualityPreset:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
 
 
-def load_quality(name: str, directory: Path | str | None = None) -> QualityPreset:
-    """Read preset ``name`` from ``directory`` (default ``configs/quality``); errors name the
-    file and the bad field."""
-    directory = Path(directory) if directory is not None else configs_dir() / "quality"
-    path = directory / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
-        raise ConfigError(f"quality {name!r}: no preset file {path} (known presets: {known})")
-    with open(path) as fh:
-        raw = yaml.safe_load(fh) or {}
-    if not isinstance(raw, dict) or "name" in raw:
-        raise ConfigError(f"{path}: expected a mapping of preset fields (the file name is the preset's name)")
-    return typed(QualityPreset, {"name": name, **raw}, str(path))
+def load_quality(name_or_path: str | Path) -> QualityPreset:
+    """Preset ``configs/quality/{name}.yaml`` (or a YAML file, named by its stem); errors name
+    the file and the bad field. The file name is the preset's name, so the file must not set one."""
+    raw, where = load_yaml("quality", name_or_path)
+    if "name" in raw:
+        raise ConfigError(f"{where}: 'name' is not a preset field (the file name is the preset's name)")
+    return typed(QualityPreset, {"name": Path(name_or_path).stem, **raw}, where)

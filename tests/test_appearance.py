@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from mousefacelift.config import ConfigError
 from synth.mouse.appearance import REGIONS, AppearanceError, AppearanceSampler, load_appearance_config
 
 
@@ -45,5 +46,5 @@ def test_bad_config_is_named(tmp_path):
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(AppearanceError, match="purple"):
         load_appearance_config(p)
-    with pytest.raises(AppearanceError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="nope.yaml"):
         load_appearance_config(tmp_path / "nope.yaml")

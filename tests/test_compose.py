@@ -122,18 +122,24 @@ def test_quality_is_resolved_once_with_the_configs_overrides(cfg):
 def test_bad_quality_presets_are_named(cfg, tmp_path):
     from blender.quality import load_quality
 
-    with pytest.raises(ValueError, match="quality 'ultra': no preset file"):
+    with pytest.raises(ValueError, match=r"quality config 'ultra': no file .*ultra.yaml \(known: \['final', 'preview', 'train'\]\)"):
         render_dataset({**cfg, "preset": "ultra"})
     good = (REPO / "configs/quality/preview.yaml").read_text()
     (tmp_path / "odd.yaml").write_text(good.replace("denoiser: OPENIMAGEDENOISE", "denoiser: OPTIX"))
     with pytest.raises(ValueError, match=r"odd.yaml.denoiser: 'OPTIX' is not one of"):
-        load_quality("odd", tmp_path)
+        load_quality(tmp_path / "odd.yaml")
     (tmp_path / "extra.yaml").write_text(good + "bloom: true\n")
     with pytest.raises(ValueError, match=r"extra.yaml: unknown key\(s\) \['bloom'\]"):
-        load_quality("extra", tmp_path)
+        load_quality(tmp_path / "extra.yaml")
     (tmp_path / "zero.yaml").write_text(good.replace("samples: 16", "samples: 0"))
     with pytest.raises(ValueError, match="zero.yaml: samples: expected a positive count, got 0"):
-        load_quality("zero", tmp_path)
+        load_quality(tmp_path / "zero.yaml")
+    (tmp_path / "named.yaml").write_text(good + "name: fancy\n")
+    with pytest.raises(ValueError, match="named.yaml: 'name' is not a preset field"):
+        load_quality(tmp_path / "named.yaml")
+    (tmp_path / "custom.yaml").write_text(good)
+    custom = load_quality(tmp_path / "custom.yaml")
+    assert custom.name == "custom" and custom.settings() == load_quality("preview").settings()
 
 
 def test_meta_readers_find_what_the_composers_write(model, cfg):

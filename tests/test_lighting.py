@@ -59,6 +59,13 @@ def test_user_folder_and_errors(tmp_path):
     assert env.hdri is None and env.sky["type"] == "NISHITA"
 
 
+def test_config_missing_section_is_named(tmp_path):
+    p = tmp_path / "bare.yaml"
+    p.write_text("hdri: {builtin: true}\n")
+    with pytest.raises(LightingError, match=r"bare.yaml: missing section\(s\) \['sky', 'area_lights'\]"):
+        load_lighting_config(p)
+
+
 def test_meta_names_hdri_portably(tmp_path):
     """meta.json must not carry machine paths: the same index renders to the same bytes anywhere."""
     import shutil

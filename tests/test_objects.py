@@ -1,16 +1,14 @@
 """Object sources: mesh files of every format, skipped broken inputs, procedural variety."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 import trimesh
-import yaml
 from PIL import Image
 
-from synth.objects.generate import (MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, load_object_config,
-                                    procedural_object)
+from mousefacelift.config import load_typed
+from synth.objects.generate import MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, procedural_object
 
-REPO = Path(__file__).resolve().parents[1]
+FIT = load_typed(ObjectConfig, "objects", "procedural").fit
 
 
 def _textured_box() -> trimesh.Trimesh:
@@ -32,7 +30,7 @@ def test_each_format_loads_normalised(tmp_path, ext):
     meshes, info = load_mesh_file(path)
     v = np.concatenate([m.vertices for m in meshes])
     assert np.allclose((v.min(0) + v.max(0)) / 2, 0, atol=1e-5)
-    assert np.isclose(np.abs(v).max(), ObjectConfig().fit, atol=1e-5)
+    assert np.isclose(np.abs(v).max(), FIT, atol=1e-5)
     assert sum(len(m.faces) for m in meshes) == len(mesh.faces)
     assert info["format"] == ext[1:]
     if ext in (".ply", ".glb"):   # formats that carry colours: baked into a texture
@@ -96,7 +94,7 @@ def test_procedural_objects_vary_and_are_deterministic():
     for i in range(10):
         (m,), info = procedural_object(i, seed=3)
         m.validate()
-        assert np.isclose(np.abs(m.vertices).max(), ObjectConfig().fit, atol=1e-5)
+        assert np.isclose(np.abs(m.vertices).max(), FIT, atol=1e-5)
         shapes.add((len(m.faces), tuple(np.round(np.ptp(m.vertices, axis=0), 3))))
         kinds.update(p["primitive"] for p in info["parts"])
     assert len(shapes) == 10                         # every index differs in topology or extent
@@ -109,13 +107,12 @@ def test_procedural_objects_vary_and_are_deterministic():
     assert a.vertices.shape != c.vertices.shape or not np.allclose(a.vertices, c.vertices)
 
 
-def test_config_yaml_and_dataclass_defaults_agree():
-    d = yaml.safe_load((REPO / "configs/objects/procedural.yaml").read_text())
-    assert set(d) == set(ObjectConfig.__dataclass_fields__)
-    assert load_object_config("procedural") == ObjectConfig()
+def test_bad_object_config_values_are_named():
     with pytest.raises(ValueError, match=r"overrides \['nonsense'\]: unknown key\(s\) \['nonsense'\]"):
-        load_object_config("procedural", {"nonsense": 1})
+        load_typed(ObjectConfig, "objects", "procedural", {"nonsense": 1})
     with pytest.raises(ValueError, match=r"overrides \['fit'\]: fit: expected a value in \(0, 1\], got 2.0"):
-        load_object_config("procedural", {"fit": 2.0})
+        load_typed(ObjectConfig, "objects", "procedural", {"fit": 2.0})
     with pytest.raises(ValueError, match=r"\['max_parts'\].max_parts: 'many' is not a valid int"):
-        load_object_config("procedural", {"max_parts": "many"})
+        load_typed(ObjectConfig, "objects", "procedural", {"max_parts": "many"})
+    with pytest.raises(ValueError, match=r"objects config 'cubes': no file .*cubes.yaml \(known: \['procedural', 'render'\]\)"):
+        load_typed(ObjectConfig, "objects", "cubes")

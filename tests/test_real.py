@@ -1,24 +1,23 @@
 """Real captures: calibration readers, normalisation maths, crop/resize sync, masks, ingest."""
 import json
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
-import yaml
 
 from mousefacelift.cameras import Camera, look_at
-from mousefacelift.config import typed
+from mousefacelift.config import load_typed, load_yaml
 from mousefacelift.imaging import pinhole, pixels_to_normalized, resample_view
 from mousefacelift.shards import MultiViewSample
 from synth.real.calibration import Calibration, load_calibration, save_calibration
-from synth.real.fake_capture import FakeCaptureConfig, load_fake_config
-from synth.real.ingest import load_config
+from synth.real.fake_capture import FakeCaptureConfig
+from synth.real.ingest import ingest
 from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
 from synth.real.normalize import (NormalizeConfig, Normalization, build_real_sample, estimate_normalization,
                                   mask_is_cut, normalize_frame_set, rotation_to_z, triangulate)
 
-REPO = Path(__file__).resolve().parents[1]
+NORMALIZE = load_typed(NormalizeConfig, "real", "ingest", key="normalize")
+MASKS = load_typed(MaskConfig, "real", "ingest", key="masks")
 
 
 def _ring_cams(n=6, radius=300.0, size=(160, 128), dist=None, center=(20.0, -10.0, 15.0)) -> list[Camera]:
@@ -131,7 +130,7 @@ def test_estimate_normalization_from_ellipsoid_hull():
     center, radii = np.array([20.0, -10.0, 15.0]), np.array([45.0, 15.0, 12.0])
     cams = _ring_cams(dist=np.array([-0.08, 0.03, 0.001, 0.0, 0.0]))
     masks = _ellipsoid_masks(cams, center, radii)
-    cfg = NormalizeConfig(hull_box_mm=200)
+    cfg = replace(NORMALIZE, hull_box_mm=200)
     norm, diag = estimate_normalization(cams, masks, np.array([0, 0, 1.0]), cfg)
     assert np.linalg.norm(norm.center_mm - center) < 3.0                     # mm
     truth = radii.max() / cfg.cube_fit
@@ -193,16 +192,16 @@ def test_background_subtraction_finds_the_moving_blob():
     med = median_background(np.stack(frames))
     assert np.abs(med.astype(int) - bg.astype(int)).max() < 12
     for f, m in zip(frames, truth):
-        got = subtract_background(f, med, MaskConfig())
+        got = subtract_background(f, med, MASKS)
         assert (got == m).mean() > 0.99 and not got[40].any()
 
 
 def test_threshold_mask_handles_lossy_and_bit_depths():
     m = np.array([[0, 10, 120, 135, 250]], np.uint8)
-    assert threshold_mask(m).tolist() == [[False, False, False, True, True]]
-    assert threshold_mask(m.astype(np.uint16) * 257).tolist() == [[False, False, False, True, True]]
+    assert threshold_mask(m, MASKS.given_threshold).tolist() == [[False, False, False, True, True]]
+    assert threshold_mask(m.astype(np.uint16) * 257, MASKS.given_threshold).tolist() == [[False, False, False, True, True]]
     rgb = np.stack([m, m, m], -1)
-    assert threshold_mask(rgb).tolist() == [[False, False, False, True, True]]
+    assert threshold_mask(rgb, MASKS.given_threshold).tolist() == [[False, False, False, True, True]]
 
 
 # -- whole frame sets ---------------------------------------------------------------------------
@@ -212,7 +211,7 @@ def test_normalize_frame_set_outputs_consistent_views():
     masks = _ellipsoid_masks(cams, center, radii)
     frames = [np.where(m[..., None], 200, 40).astype(np.uint8).repeat(3, -1) for m in masks]
     views, norm, diag = normalize_frame_set(frames, masks, cams, np.array([0, 0, 1.0]),
-                                            NormalizeConfig(size=48, hull_box_mm=200))
+                                            replace(NORMALIZE, size=48, hull_box_mm=200))
     sample = build_real_sample(
         "real_000000007", views, norm, diag, {"frame": 7, "index": 7})
     dec = MultiViewSample.decode(sample.encode())
@@ -224,7 +223,7 @@ def test_normalize_frame_set_outputs_consistent_views():
         ys, xs = np.nonzero(v[..., 3] > 127)
         assert 0.6 < max(np.ptp(xs), np.ptp(ys)) / 48 < 0.95
     with pytest.raises(ValueError, match="calibration says 160x128"):
-        normalize_frame_set([f[:100] for f in frames], masks, cams, np.array([0, 0, 1.0]), NormalizeConfig())
+        normalize_frame_set([f[:100] for f in frames], masks, cams, np.array([0, 0, 1.0]), NORMALIZE)
 
 
 def _shifted(cam: Camera, dx: float) -> Camera:
@@ -243,7 +242,7 @@ def test_mouse_cut_by_the_sensor_edge_neither_shrinks_the_hull_nor_enters_the_sa
     cams = [_shifted(c, 60.0) if i in cut else c for i, c in enumerate(cams)]
     masks = _ellipsoid_masks(cams, center, radii)
     assert all(mask_is_cut(masks[i], 2) == (i in cut) for i in range(6))
-    cfg = NormalizeConfig(hull_box_mm=200, size=32)
+    cfg = replace(NORMALIZE, hull_box_mm=200, size=32)
     whole, _ = estimate_normalization(_ring_cams(), _ellipsoid_masks(_ring_cams(), center, radii), up, cfg)
     norm, diag = estimate_normalization(cams, masks, up, cfg)
     # the cut views abstain beyond their edge: same centre and scale as with every view whole
@@ -257,20 +256,15 @@ def test_mouse_cut_by_the_sensor_edge_neither_shrinks_the_hull_nor_enters_the_sa
         normalize_frame_set(frames, masks, cams, up, replace(cfg, min_views=5))
 
 
-def test_config_yamls_and_dataclass_defaults_agree():
-    cfg = load_config()
-    for cls, section in ((NormalizeConfig, "normalize"), (MaskConfig, "masks")):
-        assert set(cfg[section]) == set(cls.__dataclass_fields__), section
-        assert typed(cls, cfg[section], section) == cls(), section
-    d = yaml.safe_load((REPO / "configs/real/fake_capture.yaml").read_text())
-    assert set(d) == set(FakeCaptureConfig.__dataclass_fields__)
-    assert asdict(load_fake_config()) == asdict(FakeCaptureConfig())
-
-
-def test_bad_real_config_values_are_named():
-    with pytest.raises(ValueError, match=r"normalize.size: 'big' is not a valid int"):
-        typed(NormalizeConfig, {**load_config()["normalize"], "size": "big"}, "normalize")
-    with pytest.raises(ValueError, match=r"masks: unknown key\(s\) \['treshold'\]"):
-        typed(MaskConfig, {"treshold": 3}, "masks")
-    with pytest.raises(ValueError, match=r"fake_capture.yaml.renderer: 'opengl' is not one of \['blender', 'raster'\]"):
-        load_fake_config(overrides={"renderer": "opengl"})
+def test_bad_real_config_values_are_named(tmp_path):
+    cfg, where = load_yaml("real", "ingest", ["normalize.size=big"])
+    with pytest.raises(ValueError, match=r"ingest.yaml with overrides \['normalize.size=big'\] normalize.size: 'big' is not a "
+                                         r"valid int"):
+        ingest(None, [], tmp_path, cfg, where=where)
+    with pytest.raises(ValueError, match=r"ingest.yaml normalize with overrides \['size=big'\].size: 'big' is not a valid int"):
+        load_typed(NormalizeConfig, "real", "ingest", ["size=big"], key="normalize")
+    with pytest.raises(ValueError, match=r"ingest.yaml masks with overrides \['treshold'\]: unknown key\(s\) \['treshold'\]"):
+        load_typed(MaskConfig, "real", "ingest", {"treshold": 3}, key="masks")
+    with pytest.raises(ValueError, match=r"fake_capture.yaml with overrides \['renderer'\].renderer: 'opengl' is not one of "
+                                         r"\['blender', 'raster'\]"):
+        load_typed(FakeCaptureConfig, "real", "fake_capture", {"renderer": "opengl"})

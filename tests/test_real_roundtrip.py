@@ -1,8 +1,11 @@
 """End to end: a fake recording through the real DANNCE rig, ingested and checked against its
 truth; and the three sources (mouse/object/real) decode to the same tensor schema."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from mousefacelift.config import load_typed
 from mousefacelift.shards import MultiViewSample
 from synth.real.calibration import load_calibration
 from synth.real.fake_capture import FakeCaptureConfig, check_round_trip, make_fake_capture
@@ -14,7 +17,8 @@ from mousefacelift.shards import iter_shard, list_shards, read_manifest
 @pytest.fixture(scope="module")
 def fake_capture(dannce_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fake_capture")
-    cfg = FakeCaptureConfig(frames=6, downscale=4, renderer="raster")   # numpy renderer: fast and bpy-free
+    cfg = replace(load_typed(FakeCaptureConfig, "real", "fake_capture"), frames=6, downscale=4,
+                  renderer="raster")   # numpy renderer: fast and bpy-free
     make_fake_capture(out, load_calibration(dannce_dir / "label3d_dannce.mat"), cfg)
     return out
 

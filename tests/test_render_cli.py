@@ -61,7 +61,7 @@ def test_bad_inputs_stop_with_clear_messages(tmp_path, capsys):
     assert "unknown rig 'cube9'" in _main_err(capsys, ["--poses", "2", "--rig", "cube9", "--out", out])
     assert "not 'procedural' and not an existing folder" in _main_err(
         capsys, ["--poses", "2", "--model", str(tmp_path / "no_mammal"), "--out", out])
-    assert "quality 'ultra'" in _main_err(capsys, ["--poses", "2", "--quality", "ultra", "--out", out])
+    assert "quality config 'ultra': no file" in _main_err(capsys, ["--poses", "2", "--quality", "ultra", "--out", out])
     assert "KEY=VALUE" in _main_err(capsys, ["--poses", "2", "--out", out, "stray"])
     assert "render.yaml" in _main_err(capsys, ["--poses", "2", "--out", out, "no_such_key=1"])
     assert not Path(out).exists()

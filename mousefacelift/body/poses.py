@@ -20,51 +20,43 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import yaml
 from scipy.spatial.transform import Rotation
 from scipy.special import ndtri
 
 from .model import BodyModel, PoseParams
-from ..config import configs_dir
+from ..config import ConfigError, config_file, configs_dir, load_yaml
 
-__all__ = ["PoseSampler", "PoseBatch", "load_pose_config", "default_pose_config"]
+__all__ = ["PoseSampler", "PoseBatch", "load_pose_config"]
 
-def default_pose_config() -> Path:
-    """``configs/poses/default.yaml`` (through the one config lookup, so $MOUSEFACELIFT_CONFIGS applies)."""
-    return configs_dir() / "poses" / "default.yaml"
 _COMP = {"flex": 0, "twist": 1, "abd": 2}
 _LIMB_SEGS = ("hip", "knee", "ankle", "toes", "scapula", "shoulder", "elbow", "wrist", "fingers")
 
 
-def load_pose_config(path: str | Path | None = None) -> dict:
-    """Read a pose-sampler YAML (default: configs/poses/default.yaml) into a dict."""
-    path = Path(path) if path is not None else default_pose_config()
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: pose config not found") from None
-    if not isinstance(cfg, dict) or "families" not in cfg:
-        raise ValueError(f"{path}: expected a mapping with 'families', 'limits', ...")
+def load_pose_config(name_or_path: str | Path = "default") -> dict:
+    """``configs/poses/{name}.yaml`` (or a YAML file) as a dict, its ``fitted`` file read in."""
+    path = config_file("poses", name_or_path)
+    cfg, where = load_yaml("poses", path)
+    if "families" not in cfg:
+        raise ConfigError(f"{where}: expected a mapping with 'families', 'limits', ...")
     cfg["fitted"] = load_fitted(cfg.get("fitted"), path.parent)
     return cfg
 
 
 def load_fitted(spec, base: Path | None = None) -> dict | None:
     """The fitted-statistics file named by a pose config's ``fitted`` key (a path relative to
-    the config's folder, or already a mapping; None/"" = none). Written by
-    benchmarks/fit_dannce_poses.py: per model a base stance and per-family overrides."""
+    the config's folder, default configs/poses/, or already a mapping; None/"" = none). Written
+    by benchmarks/fit_dannce_poses.py: per model a base stance and per-family overrides."""
     if spec is None or spec == "" or isinstance(spec, Mapping):
         return dict(spec) if spec else None
     path = Path(spec)
     if not path.is_absolute():
-        path = (base or default_pose_config().parent) / path
-    try:
-        fitted = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        path = (base or configs_dir() / "poses") / path
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: fitted pose statistics named by the pose config's 'fitted' key not found "
-                                f"(regenerate with benchmarks/fit_dannce_poses.py or set fitted: null)") from None
-    if not isinstance(fitted, dict) or not isinstance(fitted.get("models"), dict):
-        raise ValueError(f"{path}: expected a mapping with 'models: {{model name: {{stance, families}}}}'")
+                                f"(regenerate with benchmarks/fit_dannce_poses.py or set fitted: null)")
+    fitted, where = load_yaml("poses", path)
+    if not isinstance(fitted.get("models"), dict):
+        raise ConfigError(f"{where}: expected a mapping with 'models: {{model name: {{stance, families}}}}'")
     return fitted
 
 
@@ -130,7 +122,7 @@ class PoseSampler:
 
     def __init__(self, model: BodyModel, cfg: Mapping[str, Any] | str | Path | None = None):
         self.model = model
-        self.cfg = dict(load_pose_config(cfg) if cfg is None or isinstance(cfg, (str, Path)) else cfg)
+        self.cfg = dict(load_pose_config(cfg or "default") if cfg is None or isinstance(cfg, (str, Path)) else cfg)
         c = self.cfg
         fam = c.get("families") or {}
         if not fam:

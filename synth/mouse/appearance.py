@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from mousefacelift.config import configs_dir
+from mousefacelift.config import load_yaml
 from mousefacelift.scene import MaterialSpec
 
 REGIONS = ("fur", "ear_skin", "paw_skin", "tail_skin", "nose_skin", "eye")
@@ -25,21 +24,19 @@ class AppearanceError(ValueError):
     """A malformed appearance config; the message names the file and field."""
 
 
-def load_appearance_config(path: str | Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else configs_dir() / "appearance" / "default.yaml"
-    if not path.is_file():
-        raise AppearanceError(f"appearance config {path}: no such file")
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh) or {}
-    for key in ("weights", "families", "skin", "eyes", "fur", "jitter"):
-        if key not in cfg:
-            raise AppearanceError(f"appearance config {path}: missing field {key!r}")
+def load_appearance_config(name_or_path: str | Path = "default") -> dict[str, Any]:
+    """``configs/appearance/{name}.yaml`` (or a YAML file), checked: every section present,
+    weights only for defined families, non-negative with a positive sum."""
+    cfg, where = load_yaml("appearance", name_or_path)
+    missing = [k for k in ("weights", "families", "skin", "eyes", "fur", "jitter") if k not in cfg]
+    if missing:
+        raise AppearanceError(f"{where}: missing field(s) {missing}")
     unknown = sorted(set(cfg["weights"]) - set(cfg["families"]))
     if unknown:
-        raise AppearanceError(f"appearance config {path}: weights name families without a definition: {unknown}")
+        raise AppearanceError(f"{where}: weights name families without a definition: {unknown}")
     w = np.array([float(v) for v in cfg["weights"].values()])
     if (w < 0).any() or w.sum() <= 0:
-        raise AppearanceError(f"appearance config {path}: weights must be >= 0 with a positive sum, got {cfg['weights']}")
+        raise AppearanceError(f"{where}: weights must be >= 0 with a positive sum, got {cfg['weights']}")
     return cfg
 
 
@@ -57,7 +54,7 @@ class AppearanceSampler:
     """Draws ``({region: MaterialSpec}, params)`` for one mouse."""
 
     def __init__(self, config: dict[str, Any] | str | Path | None = None):
-        self.cfg = config if isinstance(config, dict) else load_appearance_config(config)
+        self.cfg = config if isinstance(config, dict) else load_appearance_config(config or "default")
         names = list(self.cfg["weights"])
         w = np.array([float(self.cfg["weights"][n]) for n in names])
         self.families, self.probs = names, w / w.sum()

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from mousefacelift.config import configs_dir
+from mousefacelift.config import load_yaml
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec
 
 log = logging.getLogger(__name__)
@@ -66,15 +65,12 @@ def folder_hdris(folder: str | Path) -> list[Path]:
     return maps
 
 
-def load_lighting_config(path: str | Path | None = None) -> dict[str, Any]:
-    path = Path(path) if path is not None else configs_dir() / "lighting" / "default.yaml"
-    if not path.is_file():
-        raise LightingError(f"lighting config {path}: no such file")
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh) or {}
-    for section in ("hdri", "sky", "area_lights"):
-        if section not in cfg:
-            raise LightingError(f"lighting config {path}: missing section {section!r}")
+def load_lighting_config(name_or_path: str | Path = "default") -> dict[str, Any]:
+    """``configs/lighting/{name}.yaml`` (or a YAML file), checked for its three sections."""
+    cfg, where = load_yaml("lighting", name_or_path)
+    missing = [k for k in ("hdri", "sky", "area_lights") if k not in cfg]
+    if missing:
+        raise LightingError(f"{where}: missing section(s) {missing}")
     return cfg
 
 
@@ -92,7 +88,7 @@ class LightingSampler:
     """Draws (EnvironmentSpec, [AreaLightSpec], params) from a config and an HDRI pool."""
 
     def __init__(self, config: dict[str, Any] | str | Path | None = None, hdri_folder: str | Path | None = None):
-        self.cfg = config if isinstance(config, dict) else load_lighting_config(config)
+        self.cfg = config if isinstance(config, dict) else load_lighting_config(config or "default")
         h = self.cfg["hdri"]
         pool: list[Path] = builtin_hdris() if h.get("builtin", True) else []
         folder = hdri_folder if hdri_folder is not None else h.get("folder")

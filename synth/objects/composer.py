@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from mousefacelift.cameras import make_rig
-from mousefacelift.config import config_hash, to_container
+from mousefacelift.config import config_hash, load_typed, to_container
 from mousefacelift.scene import SceneSpec, depth_range_for
 from mousefacelift.shards import SCHEMA
 from synth.mouse.dataset import RenderDataset, render_dataset
 from synth.mouse.lighting import LightingSampler
 from synth.mouse.meta import json_safe
-from synth.objects.generate import MeshSkipped, find_mesh_files, load_mesh_file, load_object_config, procedural_object
+from synth.objects.generate import MeshSkipped, ObjectConfig, find_mesh_files, load_mesh_file, procedural_object
 
 STREAMS = ("object", "lighting", "rig")
 
@@ -33,7 +33,7 @@ class ObjectComposer:
     def __init__(self, cfg: Any, dataset: RenderDataset | None = None):
         self.plain = to_container(cfg)
         ocfg = self.plain.get("objects") or {}
-        self.objects = load_object_config(str(ocfg.get("config") or "procedural"), dict(ocfg.get("overrides") or {}))
+        self.objects = load_typed(ObjectConfig, "objects", str(ocfg.get("config") or "procedural"), ocfg.get("overrides"))
         self.mesh_dir = ocfg.get("mesh_dir")
         self.files = find_mesh_files(Path(self.mesh_dir).expanduser()) if self.mesh_dir else None
         if self.files is not None and not self.files:

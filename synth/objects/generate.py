@@ -13,25 +13,22 @@ Two sources, one output (a list of MeshSpecs normalised into the [-1, 1]^3 cube)
   some with thin parts (rods, plates) or articulated chains. Everything is drawn from a
   generator seeded by ``(seed, index)`` only, so any worker can make any index.
 
-Settings: ``configs/objects/procedural.yaml`` (documented there), read into
-:class:`ObjectConfig` by :func:`load_object_config`; the dataclass's defaults equal the
-file's values (a test holds them together).
+Settings: ``configs/objects/{name}.yaml`` (``procedural`` by default, documented there), read
+into :class:`ObjectConfig` with ``mousefacelift.config.load_typed``; the file is the only
+place their values are set.
 """
 from __future__ import annotations
 
 import colorsys
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 import numpy as np
 import trimesh
-import yaml
 from scipy.spatial.transform import Rotation
 
-from mousefacelift.config import configs_dir, typed
+from mousefacelift.config import load_typed
 from mousefacelift.scene import MaterialSpec, MeshSpec
 
 log = logging.getLogger(__name__)
@@ -52,33 +49,33 @@ class MeshSkipped(ValueError):
 
 @dataclass
 class ObjectConfig:
-    """Generator and loader settings (documented in configs/objects/procedural.yaml)."""
+    """Generator and loader settings; values and their meaning: configs/objects/procedural.yaml."""
 
-    fit: float = 0.95                      # largest half-extent after normalisation (cube is [-1, 1]^3)
-    min_parts: int = 1
-    max_parts: int = 6
-    primitive_weights: dict[str, float] = field(default_factory=lambda: {p: 1.0 for p in PRIMITIVES})
-    part_size: tuple[float, float] = (0.25, 1.0)      # extent range of a main part (pre-normalisation units)
-    aspect: tuple[float, float] = (0.35, 2.5)         # per-axis stretch range
-    deform_probability: float = 0.6                   # chance that each deformation is applied to a part
-    taper: float = 0.6                                 # max |taper| (relative radius change end to end)
-    twist_deg: float = 120.0                           # max |twist| end to end
-    bend_deg: float = 90.0                             # max |bend| end to end
-    noise_amplitude: float = 0.06                      # max displacement as a fraction of the part size
-    thin_probability: float = 0.35                     # chance of adding thin parts (rods/plates)
-    thin_thickness: tuple[float, float] = (0.015, 0.05)
-    articulated_probability: float = 0.3               # chance of adding a jointed chain
-    chain_segments: tuple[int, int] = (2, 4)
-    joint_deg: float = 70.0                            # max bend at each chain joint
-    max_edge_fraction: float = 0.08                    # remesh edge length / part size (so deformations bend smoothly)
-    pattern_weights: dict[str, float] = field(default_factory=lambda: {"none": 1.0, "noise": 1.0, "patches": 1.0})
-    palette_size: tuple[int, int] = (1, 3)             # distinct materials per object
+    fit: float
+    min_parts: int
+    max_parts: int
+    primitive_weights: dict[str, float]
+    part_size: tuple[float, float]
+    aspect: tuple[float, float]
+    deform_probability: float
+    taper: float
+    twist_deg: float
+    bend_deg: float
+    noise_amplitude: float
+    thin_probability: float
+    thin_thickness: tuple[float, float]
+    articulated_probability: float
+    chain_segments: tuple[int, int]
+    joint_deg: float
+    max_edge_fraction: float
+    pattern_weights: dict[str, float]
+    palette_size: tuple[int, int]
     # Source A (mesh folder)
-    up_axis: dict[str, str] = field(default_factory=lambda: {".glb": "y", ".gltf": "y", ".obj": "y", ".ply": "z"})
-    max_faces: int = 2_000_000                         # larger files are skipped (render cost)
-    max_meshes: int = 32                               # geometries per file kept separate; the rest are merged
-    bake_texture_size: int = 1024                      # max side of the texture that vertex/face colours are baked into
-    default_color: tuple[float, float, float] = (0.7, 0.7, 0.7)  # for files without any colour
+    up_axis: dict[str, str]
+    max_faces: int
+    max_meshes: int
+    bake_texture_size: int
+    default_color: tuple[float, float, float]
 
     def __post_init__(self):
         if not 0 < self.fit <= 1:
@@ -95,18 +92,6 @@ class ObjectConfig:
         for ext, axis in self.up_axis.items():
             if axis not in ("x", "y", "z"):
                 raise ValueError(f"up_axis[{ext!r}]: expected x, y or z, got {axis!r}")
-
-
-def load_object_config(name_or_path: str, overrides: Mapping | None = None) -> ObjectConfig:
-    """``configs/objects/{name}.yaml`` (or a path to a yaml file) + field overrides -> ObjectConfig."""
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = configs_dir() / "objects" / f"{name_or_path}.yaml"
-    if not p.is_file():
-        raise FileNotFoundError(f"object config not found: {p}")
-    d = yaml.safe_load(p.read_text()) or {}
-    where = f"{p} with overrides {sorted(overrides)}" if overrides else str(p)
-    return typed(ObjectConfig, {**d, **(overrides or {})}, where)
 
 
 def object_rng(seed: int, index: int) -> np.random.Generator:
@@ -209,8 +194,9 @@ def _segment_transform(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def procedural_object(index: int, seed: int = 0, cfg: ObjectConfig | None = None) -> tuple[list[MeshSpec], dict]:
     """Object ``index``: one MeshSpec (one region per part) normalised into the cube, plus a
-    JSON-able description (parts, primitives, deformations, normalisation) for meta.json."""
-    cfg = cfg or ObjectConfig()
+    JSON-able description (parts, primitives, deformations, normalisation) for meta.json.
+    ``cfg`` None = configs/objects/procedural.yaml."""
+    cfg = cfg or load_typed(ObjectConfig, "objects", "procedural")
     rng = object_rng(seed, index)
     palette = [_random_material(rng, cfg) for _ in range(int(rng.integers(cfg.palette_size[0], cfg.palette_size[1] + 1)))]
     parts: list[tuple[np.ndarray, np.ndarray, int, dict]] = []   # vertices, faces, material index, info
@@ -393,8 +379,9 @@ def load_mesh_file(path: str | Path, cfg: ObjectConfig | None = None) -> tuple[l
     """One mesh file -> MeshSpecs normalised jointly into the cube, plus meta info.
 
     Raises :class:`MeshSkipped` (with the reason) for anything that cannot be rendered.
+    ``cfg`` None = configs/objects/procedural.yaml.
     """
-    cfg = cfg or ObjectConfig()
+    cfg = cfg or load_typed(ObjectConfig, "objects", "procedural")
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in MESH_EXTENSIONS:

@@ -27,14 +27,13 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
-import yaml
 from scipy import ndimage
 
 from mousefacelift.cameras import Camera
-from mousefacelift.config import ConfigError, configs_dir, typed
+from mousefacelift.config import ConfigError, load_typed
 from mousefacelift.imaging import pinhole, pixels_to_normalized
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for
 from mousefacelift.shards import atomic_write_bytes, atomic_write_json
@@ -47,24 +46,24 @@ log = logging.getLogger("synth.fake_capture")
 
 @dataclass
 class FakeCaptureConfig:
-    """Settings of the fake recording: configs/real/fake_capture.yaml (documented there; these defaults equal it)."""
+    """Settings of the fake recording; values and their meaning: configs/real/fake_capture.yaml."""
 
-    frames: int = 6
-    downscale: int = 4                    # divide the rig's image size (1152x1024 -> 288x256); cameras follow exactly
-    seed: int = 0
-    renderer: Literal["blender", "raster"] = "blender"
-    quality: str = "preview"              # Blender quality preset
-    mouse_scale: float = 0.8              # uniform size of the procedural mouse (1 = 185 mm nose to tail tip)
-    arena_center_mm: tuple[float, float] = (56.0, 62.0)   # DANNCE markerless_mouse_1: mean of the labelled poses
-    path_radius_mm: float = 60.0          # the mouse walks on a circle this big around the arena centre
-    arena_radius_mm: float = 230.0        # textured floor disc
-    wall_height_mm: float = 25.0          # low wall ring at the floor's edge
-    checker_mm: float = 20.0              # floor tile size
-    noise_sigma: float = 1.5              # sensor noise (0..255 units)
-    canvas_pad: float = 0.12              # pinhole canvas margin, fraction of the image size
-    fur_color: tuple[float, float, float] = (0.03, 0.025, 0.02)
-    skin_color: tuple[float, float, float] = (0.85, 0.6, 0.55)
-    cube_fit: float = 0.9                 # the truth's scale: largest half-extent in the cube (as ingest's normalize.cube_fit)
+    frames: int
+    downscale: int
+    seed: int
+    renderer: Literal["blender", "raster"]
+    quality: str
+    mouse_scale: float
+    arena_center_mm: tuple[float, float]
+    path_radius_mm: float
+    arena_radius_mm: float
+    wall_height_mm: float
+    checker_mm: float
+    noise_sigma: float
+    canvas_pad: float
+    fur_color: tuple[float, float, float]
+    skin_color: tuple[float, float, float]
+    cube_fit: float
 
     def __post_init__(self):
         if self.renderer not in ("blender", "raster"):
@@ -373,25 +372,12 @@ def main(argv: list[str] | None = None) -> int:
         rep = check_round_trip(args.out, args.check)
         print(json.dumps(rep["summary"], indent=1))
         return 0 if rep["summary"]["verify_failures"] == 0 else 1
-    overrides = {}
-    for kv in args.overrides:
-        key, eq, value = kv.partition("=")
-        if not eq:
-            ap.error(f"override {kv!r}: expected KEY=VALUE with KEY a field of configs/real/fake_capture.yaml")
-        overrides[key] = yaml.safe_load(value)
-    overrides.update({k: getattr(args, k) for k in ("frames", "downscale", "renderer", "seed")
-                      if getattr(args, k) is not None})
+    overrides = [*args.overrides, *(f"{k}={getattr(args, k)}" for k in ("frames", "downscale", "renderer", "seed")
+                                     if getattr(args, k) is not None)]
     try:
-        cfg = load_fake_config(overrides=overrides)
+        cfg = load_typed(FakeCaptureConfig, "real", "fake_capture", overrides)
     except ConfigError as e:
         ap.error(str(e))
     make_fake_capture(args.out, load_calibration(args.calib, units=args.units), cfg)
     print(f"fake recording written to {args.out}")
     return 0
-
-
-def load_fake_config(path: str | Path | None = None, overrides: Mapping | None = None) -> FakeCaptureConfig:
-    """configs/real/fake_capture.yaml (or ``path``) with field ``overrides`` -> FakeCaptureConfig."""
-    p = Path(path) if path else configs_dir() / "real" / "fake_capture.yaml"
-    d = yaml.safe_load(p.read_text()) or {}
-    return typed(FakeCaptureConfig, {**d, **(overrides or {})}, str(p))

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mousefacelift.config import config_hash, configs_dir, to_container, typed
+from mousefacelift.config import config_hash, load_yaml, typed
 from mousefacelift.shards import ShardWriter, check_writable_dir, complete_shards
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
@@ -35,18 +34,6 @@ from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_f
 
 log = logging.getLogger("synth.ingest_real")
 GENERATOR = {"name": "synth.ingest_real", "version": 1}
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
-    """configs/real/ingest.yaml (or ``path``) merged with ``key=value`` overrides -> plain dict."""
-    p = Path(path) if path else configs_dir() / "real" / "ingest.yaml"
-    if not p.is_file():
-        raise FileNotFoundError(f"ingest config not found: {p}")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"overrides must be key=value, got {bad}")
-    cfg = OmegaConf.merge(OmegaConf.load(p), OmegaConf.from_dotlist(list(overrides)))
-    return to_container(cfg)
 
 
 def resolve_inputs(spec: Sequence[str] | None, cameras: Sequence[str], what: str) -> list[Path] | None:
@@ -113,10 +100,11 @@ class MaskProvider:
 
 
 def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: dict,
-           mask_paths: list[Path] | None = None) -> dict:
-    """Ingest a recording; returns {split: {"written": n, "skipped": n, "shards": n}}."""
-    norm_cfg = typed(NormalizeConfig, cfg.get("normalize"), "normalize")
-    mask_cfg = typed(MaskConfig, cfg.get("masks"), "masks")
+           mask_paths: list[Path] | None = None, where: str = "ingest config") -> dict:
+    """Ingest a recording with ``cfg`` (the plain ingest config; ``where`` names it in errors);
+    returns {split: {"written": n, "skipped": n, "shards": n}}."""
+    norm_cfg = typed(NormalizeConfig, cfg.get("normalize"), f"{where} normalize")
+    mask_cfg = typed(MaskConfig, cfg.get("masks"), f"{where} masks")
     cams = calibration.cameras_mm()
     if len(frame_paths) != len(cams):
         raise ValueError(f"{len(frame_paths)} frame sources for {len(cams)} calibrated cameras")
@@ -188,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--masks", nargs="+", help="given masks: one video/image folder per camera (or one folder of them)")
     ap.add_argument("--out", default=None, help="output folder (split sub-folders are created); default run.out")
     ap.add_argument("--units", default=None, help="expected calibration units, asserted against the file (mm|cm|m)")
-    ap.add_argument("--config", default=None, help="config file (default configs/real/ingest.yaml)")
+    ap.add_argument("--config", default="ingest", help="a name in configs/real/ or a YAML file (default: ingest)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (normalize.size=512 frames.step=5 ...)")
     return ap
 
@@ -197,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg, where = load_yaml("real", args.config, args.overrides)
         units = args.units or cfg.get("units")
         cal = load_calibration(args.calib, units=units)
         names = [c.name for c in cal.cameras]
@@ -205,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         mask_paths = resolve_inputs(args.masks, names, "masks")
         out = args.out or cfg.get("run", {}).get("out", "shards/real")
         t0 = time.perf_counter()
-        report = ingest(cal, frame_paths, out, cfg, mask_paths)
+        report = ingest(cal, frame_paths, out, cfg, mask_paths, where)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,20 +16,21 @@ from scipy import ndimage
 
 @dataclass
 class MaskConfig:
-    """The ``masks:`` section of configs/real/ingest.yaml (documented there; these defaults equal it)."""
+    """The ``masks:`` section of configs/real/ingest.yaml (values and their meaning are there)."""
 
-    threshold: float = 30.0          # background difference (0..255, max over RGB) that counts as foreground
-    open_iterations: int = 1         # binary opening removes speckle noise
-    close_iterations: int = 3        # binary closing bridges gaps inside the body
-    fill_holes: bool = True
-    keep_largest: bool = True        # keep only the largest connected component (the mouse)
-    background_frames: int = 50      # frames spread over the recording used for the median
-    given_threshold: float = 127.0   # given (possibly lossy) masks: values above this are foreground
-    min_pixels: int = 20             # a view with fewer foreground pixels has no usable mask
+    threshold: float
+    open_iterations: int
+    close_iterations: int
+    fill_holes: bool
+    keep_largest: bool
+    background_frames: int
+    given_threshold: float
+    min_pixels: int
 
 
-def threshold_mask(image: np.ndarray, threshold: float = 127.0) -> np.ndarray:
-    """A given mask image (grey, RGB(A), any bit depth, possibly lossy) -> bool [H,W]."""
+def threshold_mask(image: np.ndarray, threshold: float) -> np.ndarray:
+    """A given mask image (grey, RGB(A), any bit depth, possibly lossy) -> bool [H,W]: values
+    above ``threshold`` (0..255 scale, ``masks.given_threshold``) are foreground."""
     a = np.asarray(image)
     if a.ndim == 3:
         a = a[..., :3].max(-1) if a.shape[-1] >= 3 else a[..., 0]

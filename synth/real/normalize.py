@@ -36,24 +36,24 @@ from mousefacelift.shards import SCHEMA, MultiViewSample
 
 @dataclass
 class NormalizeConfig:
-    """The ``normalize:`` section of configs/real/ingest.yaml (documented there; these defaults equal it)."""
+    """The ``normalize:`` section of configs/real/ingest.yaml (values and their meaning are there)."""
 
-    size: int = 256                    # output view size (square)
-    fill: float = 0.8                  # mouse box's longer side / crop side
-    cube_fit: float = 0.9              # largest half-extent of the mouse in the [-1, 1]^3 cube
-    body_length_mm: float | None = None  # known extent of the mouse (mm); None = from the visual hull
-    hull_box_mm: float = 300.0         # side of the search box for the visual hull, around the triangulated centre
-    hull_grid: int = 48                # voxels per side of every hull pass
-    hull_passes: int = 3               # coarse-to-fine passes (each over the previous hull's box)
-    hull_carve_tolerance: int = 0      # views that may wrongly carve a hull voxel (mask errors)
-    hull_min_views: int = 3            # silhouettes a hull voxel must touch (cut views abstain beyond their edge)
-    edge_margin_px: int = 2            # a mask this close to the sensor border means the mouse is cut off there
-    drop_cut_views: bool = True        # leave views with a cut-off mouse out of the sample (their alpha is incomplete)
-    min_views: int = 4                 # fewer usable views: the frame set is skipped with the reason
-    supersample: int = 4               # max supersampling factor of the resampling (anti-aliasing)
-    keep_background: bool = False      # keep captured RGB where alpha = 0 (else black, like renders)
-    depth_margin: float = 0.05         # world units around the hull box for each view's depth_range
-    min_mask_pixels: int = 20          # views with fewer mask pixels are unusable
+    size: int
+    fill: float
+    cube_fit: float
+    body_length_mm: float | None
+    hull_box_mm: float
+    hull_grid: int
+    hull_passes: int
+    hull_carve_tolerance: int
+    hull_min_views: int
+    edge_margin_px: int
+    drop_cut_views: bool
+    min_views: int
+    supersample: int
+    keep_background: bool
+    depth_margin: float
+    min_mask_pixels: int
 
 
 @dataclass

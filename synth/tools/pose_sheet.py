@@ -69,7 +69,7 @@ def render_tile(vertices, faces, face_regions, region_names, azimuth_deg, size=2
 
 
 def contact_sheet(model_spec: str = "procedural", n: int = 24, seed: int = 0, start: int = 0, cols: int = 6,
-                  tile: int = 224, pose_cfg: str | None = None) -> tuple[Image.Image, dict]:
+                  tile: int = 224, pose_cfg: str = "default") -> tuple[Image.Image, dict]:
     model = load_body_model(model_spec)
     sampler = PoseSampler(model, load_pose_config(pose_cfg))
     batch = sampler.sample(np.arange(start, start + n), seed=seed)
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     ap.add_argument("--start", type=int, default=0, help="first pose index")
     ap.add_argument("--cols", type=int, default=6)
     ap.add_argument("--tile", type=int, default=224)
-    ap.add_argument("--poses-config", default=None, help="pose sampler YAML (default configs/poses/default.yaml)")
+    ap.add_argument("--poses-config", default="default", help="pose sampler config: a name in configs/poses/ or a YAML file")
     ap.add_argument("--out", default="shards/pose_sheet.png")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
