@@ -1,7 +1,5 @@
 """train.data: shard streaming, mixing, view sampling, backgrounds, corrupt/real samples, resume."""
-import io
 import os
-import tarfile
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ from omegaconf import OmegaConf
 
 from mousefacelift.cameras import make_rig
 from mousefacelift.config import load_yaml
-from mousefacelift.shards import iter_shard, resolve_shards
+from mousefacelift.shards import ShardWriter, iter_shard, resolve_shards
 from train.data import TrainStream, eval_examples, example_config, make_train_loader, shard_sets_from_cfg
 from mousefacelift.analytic import write_sphere_shards
 from train.views import ViewSamplingConfig, constraint_violations, select_views, view_directions
@@ -131,22 +129,19 @@ def test_resolution_from_config_scales_intrinsics(shards):
     assert float(ex["depth"][ex["alpha"] < 0.01].abs().max()) == 0.0
 
 
-def _corrupt_copy(src: str, dst: str, bad_key: str):
-    with tarfile.open(src) as tin, tarfile.open(dst + ".tmp", "w") as tout:
-        for m in tin.getmembers():
-            data = tin.extractfile(m).read()
-            if m.name == f"{bad_key}.002.rgba.png":
-                data = b"not a png"
-            info = tarfile.TarInfo(m.name)
-            info.size = len(data)
-            tout.addfile(info, io.BytesIO(data))
-    os.replace(dst + ".tmp", dst)
+def _corrupt_copy(src: str, out_dir, bad_key: str) -> str:
+    """A copy of shard ``src`` whose sample ``bad_key`` has an undecodable view 2, as ``bad-000000.tar``."""
+    with ShardWriter(out_dir, 0, prefix="bad") as w:
+        for sample in iter_shard(src):
+            if sample["__key__"] == bad_key:
+                sample["002.rgba.png"] = b"not a png"
+            w.write({k: v for k, v in sample.items() if k != "__url__"})
+    return str(w.path)
 
 
 def test_corrupt_sample_skipped_counted_and_named(shards, tmp_path):
     src = resolve_shards(str(shards / "mouse"))[0]
-    bad = str(tmp_path / "bad-000000.tar")
-    _corrupt_copy(src, bad, "mouse_000000001")
+    bad = _corrupt_copy(src, tmp_path, "mouse_000000001")
     cfg = data_cfg(bad, view_sampling={"policy": "fixed", "fixed_views": [0, 1, 2, 3, 4, 5, 6, 7]})
     exs = take(TrainStream(shard_sets_from_cfg(cfg), example_config(cfg), seed=0), 4)
     keys = [e["key"] for e in exs]

@@ -1,6 +1,7 @@
 """The layering rules of docs/architecture.md §1, read from the code's own imports.
 
-- only ``mousefacelift.shards`` reads or writes tar files (one implementation of the format);
+- only ``mousefacelift.shards`` reads or writes tar files (one implementation of the format),
+  benchmarks and tests included;
 - the library ``mousefacelift`` never imports ``synth``, ``train`` or ``blender``;
 - only ``blender`` imports ``bpy``;
 - there are no import cycles between the project's modules (lazy imports inside functions
@@ -62,6 +63,9 @@ def _top(mod: str) -> str:
 def test_only_the_shard_module_touches_tar_files():
     users = sorted(n for n, imps in IMPORTS.items() if "tarfile" in imps)
     assert users and all(n.startswith("mousefacelift.shards") for n in users), users
+    # benchmarks and tests make and damage shards through it too
+    others = [p for folder in ("benchmarks", "tests") for p in sorted((REPO / folder).glob("*.py"))]
+    assert not [str(p) for p in others if "tarfile" in _imports(p.stem, p)]
 
 
 def test_library_imports_no_program_layer():
