@@ -6,7 +6,9 @@ are encoded and decoded by :class:`MultiViewSample`. The schema is described in
 ``docs/architecture.md``.
 
 - :mod:`.sample` — one sample in memory and its members (RGBA, depth, normals, arrays, meta);
-- :mod:`.store` — shard writing, sidecars, the lock-merged manifest, resume bookkeeping;
+- :mod:`.writer` — writing a shard atomically (and a whole small set: :func:`write_samples`);
+- :mod:`.layout` — the folder's names, sidecars, which shards are complete, stale leftovers;
+- :mod:`.manifest` — the lock-merged manifest.json and its rebuild from the sidecars;
 - :mod:`.read` — the tar reader and shard-spec expansion;
 - :mod:`.atomic` — never-half-written files and the error type.
 """
@@ -14,9 +16,10 @@ from .atomic import ShardError, atomic_write_bytes, atomic_write_json, check_wri
 from .read import REMOTE_PREFIXES, iter_shard, manifest_record, resolve_shards, shard_sha256
 from .sample import (DEPTH_LEVELS, SCHEMA, SOURCES, MultiViewSample, SampleError, decode_depth, decode_normal,
                      encode_depth, encode_normal, group_members)
-from .store import (LOCK_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, SHARD_RE, ManifestMismatch, ShardRecord, ShardWriter,
-                    check_header, clean_stale_tmp, complete_shards, list_shards, manifest_lock, merge_into_manifest,
-                    read_manifest, rebuild_manifest, shard_name, sidecar_path, write_samples)
+from .layout import SHARD_RE, ShardRecord, clean_stale_tmp, complete_shards, list_shards, shard_name, sidecar_path
+from .manifest import (LOCK_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, ManifestMismatch, check_header, manifest_lock,
+                       merge_into_manifest, read_manifest, rebuild_manifest)
+from .writer import ShardWriter, write_samples
 
 __all__ = [
     "DEPTH_LEVELS", "LOCK_NAME", "MANIFEST_NAME", "MANIFEST_SCHEMA", "REMOTE_PREFIXES", "SCHEMA", "SHARD_RE", "SOURCES",

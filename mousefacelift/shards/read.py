@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import braceexpand
 
 from .atomic import ShardError
-from .store import MANIFEST_NAME
+from .manifest import MANIFEST_NAME
 
 REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://", "ais://")
 
