@@ -2,7 +2,8 @@
 
 - only ``mousefacelift.shards`` reads or writes tar files (one implementation of the format),
   benchmarks and tests included;
-- the library ``mousefacelift`` never imports ``synth``, ``train`` or ``blender``;
+- the library ``mousefacelift`` never imports ``synth``, ``train`` or ``blender``; ``blender``
+  and ``train`` import only the library, ``synth`` the library and ``blender``;
 - only ``blender`` imports ``bpy``;
 - there are no import cycles between the project's modules (lazy imports inside functions
   count too: a cycle there is one refactor away from an import-time failure).
@@ -71,6 +72,14 @@ def test_only_the_shard_module_touches_tar_files():
 def test_library_imports_no_program_layer():
     bad = {n: sorted(i for i in imps if _top(i) in ("synth", "train", "blender"))
            for n, imps in IMPORTS.items() if _top(n) == "mousefacelift"}
+    assert not {n: v for n, v in bad.items() if v}
+
+
+def test_programs_import_only_downwards():
+    allowed = {"blender": {"blender", "mousefacelift"}, "train": {"train", "mousefacelift"},
+               "synth": {"synth", "blender", "mousefacelift"}}
+    bad = {n: sorted(i for i in imps if _top(i) in PACKAGES and _top(i) not in allowed[_top(n)])
+           for n, imps in IMPORTS.items() if _top(n) in allowed}
     assert not {n: v for n, v in bad.items() if v}
 
 
