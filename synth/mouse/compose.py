@@ -64,16 +64,16 @@ class MouseComposer:
         self.plain = to_container(cfg)
         self.dataset = dataset or render_dataset(self.plain)
         self.config_hash = self.dataset.config_hash
-        self.sampler = PoseSampler(model, self.plain.get("pose") or None)
+        self.sampler = PoseSampler(model, self.plain["pose"])
         self.size = self.dataset.image_size
-        self.coats = AppearanceSampler(self.plain.get("appearance") or None)
-        self.lights = LightingSampler(self.plain.get("lighting") or None)
+        self.coats = AppearanceSampler(self.plain["appearance"])
+        self.lights = LightingSampler(self.plain["lighting"])
 
     def compose(self, index: int, seed: int | None = None) -> SceneSpec:
         index = int(index)
         if index < 0:
             raise ValueError(f"pose index must be >= 0, got {index}")
-        seed = int(self.plain.get("seed", 0) if seed is None else seed)
+        seed = int(self.plain["seed"] if seed is None else seed)
         model, plain = self.model, self.plain
         rngs = index_rng(seed, index)
 
@@ -107,13 +107,13 @@ class MouseComposer:
         pose_meta = {"family": str(batch.family[0]), "attempts": int(batch.attempts[0]),
                      "forced": bool(batch.forced[0]), "params_layout": {
                          k: [s.start, s.stop] for k, s in type(batch.params).layout(model).items()}}
-        source = str(plain.get("source", "mouse"))
-        gen = plain.get("generator") or {}
+        source = str(plain["source"])
+        gen = plain["generator"]
         meta = {
             "schema": SCHEMA, "source": source, "index": index, "seed": seed,
             "seed_derivation": "numpy SeedSequence([seed, index]).spawn(3) -> appearance, lighting, rig; "
                                "pose: PoseSampler.sample(indices=[index], seed=seed)",
-            "generator": {"name": gen.get("name", "synth.render"), "version": gen.get("version", 1)},
+            "generator": {"name": gen["name"], "version": gen["version"]},
             "config_hash": self.config_hash,
             "body_model": getattr(model, "name", "?"),
             "mm_per_unit": float(model.mm_per_unit) / scale,

@@ -32,9 +32,9 @@ class ObjectComposer:
 
     def __init__(self, cfg: Any, dataset: RenderDataset | None = None):
         self.plain = to_container(cfg)
-        ocfg = self.plain.get("objects") or {}
-        self.objects = load_typed(ObjectConfig, "objects", str(ocfg.get("config") or "procedural"), ocfg.get("overrides"))
-        self.mesh_dir = ocfg.get("mesh_dir")
+        ocfg = self.plain["objects"]
+        self.objects = load_typed(ObjectConfig, "objects", str(ocfg["config"]), ocfg["overrides"])
+        self.mesh_dir = ocfg["mesh_dir"]
         self.files = find_mesh_files(Path(self.mesh_dir).expanduser()) if self.mesh_dir else None
         if self.files is not None and not self.files:
             raise ValueError(f"mesh folder {self.mesh_dir} holds no .glb/.gltf/.obj/.ply files")
@@ -44,17 +44,17 @@ class ObjectComposer:
             hashed["mesh_files"] = config_hash([str(f.relative_to(Path(self.mesh_dir).expanduser())) for f in self.files])
         self.config_hash = config_hash(hashed)
         self.size = self.dataset.image_size
-        self.lights = LightingSampler(self.plain.get("lighting") or None)
+        self.lights = LightingSampler(self.plain["lighting"])
 
     def preflight(self) -> None:
         """Prove the lighting/rig settings work without depending on any one mesh file."""
-        self._scene(0, *procedural_object(0, int(self.plain.get("seed", 0)), self.objects))
+        self._scene(0, *procedural_object(0, int(self.plain["seed"]), self.objects))
 
     def compose(self, index: int) -> SceneSpec:
         index = int(index)
         if index < 0:
             raise ValueError(f"object index must be >= 0, got {index}")
-        seed = int(self.plain.get("seed", 0))
+        seed = int(self.plain["seed"])
         if self.files is None:
             meshes, info = procedural_object(index, seed, self.objects)
         else:
@@ -64,7 +64,7 @@ class ObjectComposer:
         return self._scene(index, meshes, info)
 
     def _scene(self, index: int, meshes, info: dict) -> SceneSpec:
-        seed = int(self.plain.get("seed", 0))
+        seed = int(self.plain["seed"])
         children = np.random.SeedSequence([seed, index, 1]).spawn(len(STREAMS))
         rngs = {k: np.random.default_rng(s) for k, s in zip(STREAMS, children)}
         environment, area_lights, lighting_meta = self.lights.sample(rngs["lighting"])
@@ -74,10 +74,10 @@ class ObjectComposer:
                         ring_elevation_deg=float(rig["ring_elevation_deg"]))
         allv = np.concatenate([m.vertices for m in meshes])
         cams = depth_range_for(cams, allv.min(0), allv.max(0), margin=float(self.plain["depth_margin"]))
-        gen = self.plain.get("generator") or {}
+        gen = self.plain["generator"]
         meta = {"schema": SCHEMA, "source": "object", "index": index, "seed": seed,
                 "seed_derivation": "object: (seed, index); lighting, rig: SeedSequence([seed, index, 1]).spawn(3)[1:]",
-                "generator": {"name": gen.get("name", "synth.render_objects"), "version": gen.get("version", 1)},
+                "generator": {"name": gen["name"], "version": gen["version"]},
                 "config_hash": self.config_hash,
                 # objects have no metric size; 1 mm per unit keeps the schema's positive-number contract
                 "mm_per_unit": 1.0, "object": json_safe(info), "lighting": json_safe(lighting_meta),
