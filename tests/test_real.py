@@ -258,8 +258,8 @@ def test_mouse_cut_by_the_sensor_edge_neither_shrinks_the_hull_nor_enters_the_sa
 
 def test_bad_real_config_values_are_named(tmp_path):
     cfg, where = load_yaml("real", "ingest", ["normalize.size=big"])
-    with pytest.raises(ValueError, match=r"ingest.yaml with overrides \['normalize.size=big'\] normalize.size: 'big' is not a "
-                                         r"valid int"):
+    with pytest.raises(ValueError, match=r"ingest.yaml with overrides \['normalize.size=big'\].normalize.size: 'big' is not "
+                                         r"a valid int"):
         ingest(None, [], tmp_path, cfg, where=where)
     with pytest.raises(ValueError, match=r"ingest.yaml normalize with overrides \['size=big'\].size: 'big' is not a valid int"):
         load_typed(NormalizeConfig, "real", "ingest", ["size=big"], key="normalize")

@@ -11,12 +11,15 @@ from synth.mouse.appearance import load_appearance_config
 from synth.mouse.lighting import load_lighting_config
 from synth.objects.generate import ObjectConfig
 from synth.real.fake_capture import FakeCaptureConfig
+from synth.real.ingest import FrameRange, IngestConfig
 from synth.real.masks import MaskConfig
 from synth.real.normalize import NormalizeConfig
 
 TYPED = [(ObjectConfig, "objects", "procedural", None),
          (NormalizeConfig, "real", "ingest", "normalize"),
          (MaskConfig, "real", "ingest", "masks"),
+         (IngestConfig, "real", "ingest", None),
+         (FrameRange, "real", "ingest", "frames"),
          (FakeCaptureConfig, "real", "fake_capture", None)]
 TYPED += [(QualityPreset, "quality", p.stem, None) for p in sorted((configs_dir() / "quality").glob("*.yaml"))]
 
@@ -33,8 +36,7 @@ def test_dataclass_has_no_default_for_what_its_yaml_states(cls, group, name, key
     assert isinstance(loaded, cls)
 
 
-@pytest.mark.parametrize("load", [load_appearance_config, load_lighting_config, load_pose_config,
-                                  lambda: load_yaml("real", "ingest")[0]],
-                         ids=["appearance", "lighting", "poses", "real/ingest"])
+@pytest.mark.parametrize("load", [load_appearance_config, load_lighting_config, load_pose_config],
+                         ids=["appearance", "lighting", "poses"])
 def test_dict_configs_load(load):
     assert isinstance(load(), dict)

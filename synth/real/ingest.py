@@ -19,8 +19,9 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -34,6 +35,37 @@ from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_f
 
 log = logging.getLogger("synth.ingest_real")
 GENERATOR = {"name": "synth.ingest_real", "version": 1}
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Which frames of the recording become samples: ``start``, ``stop`` (null = the end), ``step``."""
+
+    start: int
+    stop: int | None
+    step: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How the ingest is run (not part of the config hash)."""
+
+    out: str
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """configs/real/ingest.yaml, typed (values and their meaning are documented there)."""
+
+    units: str | None
+    prefix: str
+    samples_per_shard: int
+    frames: FrameRange
+    splits: dict[str, tuple[float, float]]
+    split_gap_frames: int
+    normalize: NormalizeConfig
+    masks: MaskConfig
+    run: RunConfig
 
 
 def resolve_inputs(spec: Sequence[str] | None, cameras: Sequence[str], what: str) -> list[Path] | None:
@@ -54,7 +86,7 @@ def resolve_inputs(spec: Sequence[str] | None, cameras: Sequence[str], what: str
                      "in calibration order, or one folder with an entry per camera")
 
 
-def split_frames(frames: Sequence[int], splits: dict, gap: int) -> dict[str, list[int]]:
+def split_frames(frames: Sequence[int], splits: Mapping[str, Sequence[float]], gap: int) -> dict[str, list[int]]:
     """Temporal split of the selected frames by fractions of their range; drops frames within
     ``gap`` selected frames of a boundary."""
     n = len(frames)
@@ -99,12 +131,12 @@ class MaskProvider:
         return subtract_background(frame, self.background(i), self.cfg)
 
 
-def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: dict,
+def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: Mapping[str, Any],
            mask_paths: list[Path] | None = None, where: str = "ingest config") -> dict:
-    """Ingest a recording with ``cfg`` (the plain ingest config; ``where`` names it in errors);
-    returns {split: {"written": n, "skipped": n, "shards": n}}."""
-    norm_cfg = typed(NormalizeConfig, cfg.get("normalize"), f"{where} normalize")
-    mask_cfg = typed(MaskConfig, cfg.get("masks"), f"{where} masks")
+    """Ingest a recording with ``cfg`` (the plain ingest config, whose hash identifies the data;
+    ``where`` names it in errors); returns {split: {"written": n, "skipped": n, "shards": n}}."""
+    ic = typed(IngestConfig, cfg, where)
+    norm_cfg = ic.normalize
     cams = calibration.cameras_mm()
     if len(frame_paths) != len(cams):
         raise ValueError(f"{len(frame_paths)} frame sources for {len(cams)} calibrated cameras")
@@ -113,18 +145,18 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
     n = min(len(s) for s in sources + (given or []))
     if len({len(s) for s in sources}) > 1:
         log.warning("cameras have different frame counts %s; using the first %d", [len(s) for s in sources], n)
-    fr = cfg.get("frames") or {}
-    stop = n if fr.get("stop") is None else min(int(fr["stop"]), n)
-    selected = list(range(int(fr.get("start", 0)), stop, int(fr.get("step", 1))))
+    fr = ic.frames
+    stop = n if fr.stop is None else min(fr.stop, n)
+    selected = list(range(fr.start, stop, fr.step))
     if not selected:
-        raise ValueError(f"no frames selected: frames.start={fr.get('start')} stop={stop} step={fr.get('step')} "
+        raise ValueError(f"no frames selected: frames.start={fr.start} stop={stop} step={fr.step} "
                          f"of a {n}-frame recording")
-    splits = split_frames(selected, cfg["splits"], int(cfg.get("split_gap_frames", 0)))
-    masks = MaskProvider(sources, given, mask_cfg)
+    splits = split_frames(selected, ic.splits, ic.split_gap_frames)
+    masks = MaskProvider(sources, given, ic.masks)
     hashed = {k: v for k, v in cfg.items() if k != "run"}
     chash = config_hash(hashed)
-    S = int(cfg["samples_per_shard"])
-    prefix = str(cfg["prefix"])
+    S = ic.samples_per_shard
+    prefix = ic.prefix
     header = {"source": "real", "prefix": prefix, "samples_per_shard": S, "seed": 0, "config": hashed,
               "config_hash": chash, "generator": GENERATOR}
     report = {}
@@ -186,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cfg, where = load_yaml("real", args.config, args.overrides)
-        units = args.units or cfg.get("units")
-        cal = load_calibration(args.calib, units=units)
+        ic = typed(IngestConfig, cfg, where)
+        cal = load_calibration(args.calib, units=args.units or ic.units)
         names = [c.name for c in cal.cameras]
         frame_paths = resolve_inputs(args.videos or args.frames, names, "videos" if args.videos else "frames")
         mask_paths = resolve_inputs(args.masks, names, "masks")
-        out = args.out or cfg.get("run", {}).get("out", "shards/real")
+        out = args.out or ic.run.out
         t0 = time.perf_counter()
         report = ingest(cal, frame_paths, out, cfg, mask_paths, where)
     except (ValueError, FileNotFoundError) as e:
