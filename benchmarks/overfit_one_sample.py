@@ -79,8 +79,7 @@ def procedural_sample(size: int, views: int, seed: int, fov_deg: float):
 
 
 def shard_sample(shard_dir: str, size: int, views: int):
-    from mousefacelift.shards import MultiViewSample
-    from mousefacelift.shards import iter_shard, list_shards
+    from mousefacelift.shards import MultiViewSample, iter_shard, list_shards
     shards = list_shards(shard_dir)
     if not shards:
         raise SystemExit(f"--shards {shard_dir}: no shards found")

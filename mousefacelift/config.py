@@ -184,15 +184,15 @@ def typed(cls: type[T], cfg: Any, where: str) -> T:
     for name, value in cfg.items():
         try:
             values[name] = _convert(value, hints[name], f"{where}.{name}")
-        except (TypeError, ValueError) as e:
-            if isinstance(e, ConfigError):
-                raise
+        except ConfigError:
+            raise
+        except (TypeError, ValueError):
             raise ConfigError(f"{where}.{name}: {value!r} is not a valid {_type_name(hints[name])}") from None
     try:
         return cls(**values)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -205,13 +205,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        options = [a for a in args if a is not type(None)]
-        errors = []
-        for a in options:
+        for a in (a for a in args if a is not type(None)):
             try:
                 return _convert(value, a, where)
-            except (TypeError, ValueError) as e:
-                errors.append(e)
+            except (TypeError, ValueError):
+                continue
         raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
     if tp is Any:
         return value

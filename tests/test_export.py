@@ -6,11 +6,10 @@ import json
 import numpy as np
 from PIL import Image
 
-from mousefacelift.shards import MultiViewSample
+from mousefacelift.shards import MultiViewSample, write_samples
 from synth.tools import export
 from synth.tools.inspect import iter_samples
 from mousefacelift.analytic import critter_sample
-from mousefacelift.shards import write_samples
 
 
 def _decoded(folder):

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from mousefacelift.config import load_typed
-from mousefacelift.shards import MultiViewSample
+from mousefacelift.shards import MultiViewSample, iter_shard, list_shards, read_manifest
 from synth.real.calibration import load_calibration
 from synth.real.fake_capture import FakeCaptureConfig, check_round_trip, make_fake_capture
 from synth.tools.geometry_checks import Thresholds
 from synth.real.ingest import main as ingest_main
-from mousefacelift.shards import iter_shard, list_shards, read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,11 @@ def make_example(raw: dict, cfg: ExampleConfig, rng: np.random.Generator) -> dic
     }
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on ``device`` (strings and lists stay)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
 def collate(examples: list[dict]) -> dict[str, Any]:
     """Stack examples into a batch: tensors gain a leading B; strings become lists.
 

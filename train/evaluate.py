@@ -12,14 +12,13 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from .data import collate
+from .data import collate, to_device
 
 
 def eval_batches(task, examples: list[dict], batch_size: int, device: torch.device) -> Iterator[dict[str, Any]]:
     """The task's batches (on ``device``) of ``batch_size`` consecutive examples."""
     for start in range(0, len(examples), batch_size):
-        batch = task.batch(collate(examples[start:start + batch_size]))
-        yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        yield to_device(task.batch(collate(examples[start:start + batch_size])), device)
 
 
 class WeightedMeans:

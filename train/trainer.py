@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from collections import deque
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from mousefacelift.checkpoint import LAST, load_checkpoint, model_config_of, sav
 from mousefacelift.shards import manifest_record
 
 from . import checkpoint as ckpt
-from .data import data_config, eval_examples, make_train_loader
+from .data import data_config, eval_examples, make_train_loader, to_device
 from .ema import EMA
 from .schedule import build_optimizer, build_scheduler
 from .settings import TrainerSettings
@@ -82,9 +83,6 @@ def apply_freeze(model: torch.nn.Module, patterns) -> list[str]:
 def _seed_step(seed: int, rank: int, step: int) -> None:
     torch.manual_seed((seed * 1_000_003 + rank * 7919 + step) & 0x7FFFFFFF)
 
-
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 class Trainer:
@@ -244,9 +242,9 @@ class Trainer:
         for micro in range(self.accum):
             batch = next(loader_iter)
             self._note_batch(batch)
-            batch = _to(self.task.batch(batch), self.device)
+            batch = to_device(self.task.batch(batch), self.device)
             sync = micro == self.accum - 1 or self.world == 1
-            ctx = self.ddp.no_sync() if (self.world > 1 and not sync) else _nullctx()
+            ctx = self.ddp.no_sync() if (self.world > 1 and not sync) else nullcontext()
             with ctx:
                 total, parts, prediction = self._forward_loss(batch)
                 if not torch.isfinite(total):
@@ -344,8 +342,8 @@ class Trainer:
             self.eval_set = eval_examples(ecfg.shards, self.data, int(self.cfg.seed), max_samples=ecfg.max_samples)
         self.model.eval()
         try:
-            with torch.no_grad(), (self.ema.applied(self.model) if self.ema is not None else _nullctx()):
-                metrics, panel = self.task.evaluate(self.model, self.eval_set, self.device, self.autocast)
+            with torch.no_grad(), (self.ema.applied(self.model) if self.ema is not None else nullcontext()):
+                metrics, panel = self.task.evaluate(self.model, self.eval_set, self.device, self.autocast, ecfg)
         finally:
             self.model.train()
         if self.rank == 0:
@@ -361,11 +359,3 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -41,6 +41,15 @@ def index_rng(seed: int, index: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(ss) for name, ss in zip(STREAMS, children)}
 
 
+def rig_cameras(rig: dict, size: int, rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
+                margin: float) -> list:
+    """The render config's ``rig`` section as cameras of ``size`` pixels, depth ranges fitted to
+    the subject box [lo, hi] plus ``margin``: one framing for every rendered source."""
+    cams = make_rig(str(rig["name"]), size=size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]), seed=rng,
+                    min_elevation_deg=float(rig["min_elevation_deg"]), ring_elevation_deg=float(rig["ring_elevation_deg"]))
+    return depth_range_for(cams, lo, hi, margin=margin)
+
+
 def normalization(vertices: np.ndarray, fill: float) -> tuple[np.ndarray, float]:
     """Centre of the bounding box and the scale that maps its longest half-extent to ``fill``."""
     if not 0 < fill < 1:
@@ -91,11 +100,7 @@ class MouseComposer:
         environment, area_lights, lighting_meta = self.lights.sample(rngs["lighting"])
 
         rig = plain["rig"]
-        cams = make_rig(str(rig["name"]), size=self.size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]),
-                        seed=rngs["rig"], min_elevation_deg=float(rig["min_elevation_deg"]),
-                        ring_elevation_deg=float(rig["ring_elevation_deg"]))
-        lo, hi = wverts.min(0), wverts.max(0)
-        cams = depth_range_for(cams, lo, hi, margin=float(plain["depth_margin"]))
+        cams = rig_cameras(rig, self.size, rngs["rig"], wverts.min(0), wverts.max(0), float(plain["depth_margin"]))
 
         uv = None
         if getattr(model, "uvs", None) is not None and getattr(model, "faces_uv", None) is not None:

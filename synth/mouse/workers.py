@@ -177,14 +177,13 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
     try:
         import torch
 
+        from blender.backend import BlenderRenderer   # only workers load bpy
         from mousefacelift.shards import ShardError, ShardWriter
 
         # Composing one pose is tiny torch work; intra-op threads would only spin against
         # Blender's render threads on the same cores (measured 10x slower sampling).
         torch.set_num_threads(1)
         composer = make_composer(cfg, args.dataset)
-        from blender.backend import BlenderRenderer   # only workers load bpy
-
         renderer = BlenderRenderer(args.dataset.quality, device=args.device, threads=args.threads)
     except Exception as e:   # setup failures are the same for every retry
         results.put(("error", wid, None, f"worker setup failed: {type(e).__name__}: {e}", True,

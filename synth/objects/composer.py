@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from mousefacelift.cameras import make_rig
 from mousefacelift.config import config_hash, load_typed, to_container
-from mousefacelift.scene import SceneSpec, depth_range_for
+from mousefacelift.scene import SceneSpec
 from mousefacelift.shards import SCHEMA
+from synth.mouse.compose import rig_cameras, sample_key
 from synth.mouse.dataset import RenderDataset, render_dataset
 from synth.mouse.lighting import LightingSampler
 from synth.mouse.meta import json_safe
@@ -69,11 +69,8 @@ class ObjectComposer:
         rngs = {k: np.random.default_rng(s) for k, s in zip(STREAMS, children)}
         environment, area_lights, lighting_meta = self.lights.sample(rngs["lighting"])
         rig = self.plain["rig"]
-        cams = make_rig(str(rig["name"]), size=self.size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]),
-                        seed=rngs["rig"], min_elevation_deg=float(rig["min_elevation_deg"]),
-                        ring_elevation_deg=float(rig["ring_elevation_deg"]))
         allv = np.concatenate([m.vertices for m in meshes])
-        cams = depth_range_for(cams, allv.min(0), allv.max(0), margin=float(self.plain["depth_margin"]))
+        cams = rig_cameras(rig, self.size, rngs["rig"], allv.min(0), allv.max(0), float(self.plain["depth_margin"]))
         gen = self.plain["generator"]
         meta = {"schema": SCHEMA, "source": "object", "index": index, "seed": seed,
                 "seed_derivation": "object: (seed, index); lighting, rig: SeedSequence([seed, index, 1]).spawn(3)[1:]",
@@ -83,4 +80,4 @@ class ObjectComposer:
                 "mm_per_unit": 1.0, "object": json_safe(info), "lighting": json_safe(lighting_meta),
                 "rig": str(rig["name"])}
         return SceneSpec(meshes=list(meshes), cameras=cams, environment=environment, area_lights=list(area_lights),
-                         meta=meta, key=f"object_{index:09d}").validate()
+                         meta=meta, key=sample_key(index, "object")).validate()

@@ -292,9 +292,8 @@ def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], 
     (``thresholds``: a ``synth.tools.geometry_checks.Thresholds``, default verify's own).
     """
     from mousefacelift.meshraster import rasterize
-    from mousefacelift.shards import MultiViewSample
+    from mousefacelift.shards import MultiViewSample, iter_shard, list_shards
     from synth.tools import geometry_checks as gc
-    from mousefacelift.shards import iter_shard, list_shards
     from synth.tools.verify import SampleResult, check_geometry
 
     cap = Path(capture_dir)

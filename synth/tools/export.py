@@ -43,10 +43,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from mousefacelift.cameras import Camera
-from mousefacelift.shards import SCHEMA, SOURCES, MultiViewSample, SampleError
+from mousefacelift.shards import (MultiViewSample, SCHEMA, SOURCES, SampleError, ShardError, ShardWriter,
+                                  atomic_write_bytes, check_writable_dir)
 from mousefacelift.viz import resize_rgba
 from synth.tools.inspect import iter_samples
-from mousefacelift.shards import ShardError, ShardWriter, atomic_write_bytes, check_writable_dir
 
 log = logging.getLogger("synth.export")
 

@@ -27,8 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mousefacelift import viz
-from mousefacelift.shards import MultiViewSample, SampleError
-from mousefacelift.shards import ShardError, atomic_write_json, iter_shard, list_shards
+from mousefacelift.shards import MultiViewSample, SampleError, ShardError, atomic_write_json, iter_shard, list_shards
 from synth.mouse import meta as M
 from synth.tools.tables import fmt, format_table
 

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from mousefacelift.shards import MultiViewSample, SampleError
+from mousefacelift.shards import (MANIFEST_NAME, MultiViewSample, SampleError, ShardError, atomic_write_json,
+                                  iter_shard, list_shards, read_manifest, shard_sha256)
 from synth.tools import geometry_checks as gc
-from mousefacelift.shards import (MANIFEST_NAME, ShardError, atomic_write_json, iter_shard, list_shards, read_manifest,
-                          shard_sha256)
 from synth.tools.tables import fmt, format_table
 
 log = logging.getLogger("synth.verify")

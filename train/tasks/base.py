@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..settings import EvalConfig
+
 
 class Task(ABC):
     """One model family's part of training; ``cfg`` is the whole resolved training config."""
@@ -44,10 +46,10 @@ class Task(ABC):
         """(total loss to minimise, dict of detached terms logged as ``loss/NAME``)."""
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, examples: list[dict], device: torch.device,
-                 autocast: bool) -> tuple[dict[str, float], np.ndarray | None]:
-        """Held-out metrics (equal on every rank) and an HWC image panel, or None. The trainer
-        calls it in eval mode under ``torch.no_grad()``."""
+    def evaluate(self, model: torch.nn.Module, examples: list[dict], device: torch.device, autocast: bool,
+                 config: EvalConfig) -> tuple[dict[str, float], np.ndarray | None]:
+        """Held-out metrics (equal on every rank) and an HWC image panel, or None, under the
+        ``eval:`` section ``config``. The trainer calls it in eval mode under ``torch.no_grad()``."""
 
     @abstractmethod
     def image_panel(self, batch: dict[str, Any], prediction: Any) -> np.ndarray:

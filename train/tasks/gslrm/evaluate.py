@@ -19,6 +19,7 @@ import torch
 
 from ... import metrics as M
 from ...evaluate import WeightedMeans, eval_batches
+from ...settings import EvalConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,13 @@ def _spread(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return var.clamp_min(0).sqrt().mean(dim=1)
 
 
-def evaluate(task, model: torch.nn.Module, examples: list[dict], device: torch.device,
-             autocast: bool) -> tuple[dict[str, float], np.ndarray | None]:
+def evaluate(task, model: torch.nn.Module, examples: list[dict], device: torch.device, autocast: bool,
+             config: EvalConfig) -> tuple[dict[str, float], np.ndarray | None]:
     """Metrics (same on every rank) and the image panel of the first example (or None)."""
     nin = task.num_inputs
     means = WeightedMeans()
     panel = None
-    for batch in eval_batches(task, examples, int(task.cfg.eval.batch_size), device):
+    for batch in eval_batches(task, examples, config.batch_size, device):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             pred = task.forward(model, batch)
         out = pred.render
@@ -67,7 +68,7 @@ def evaluate(task, model: torch.nn.Module, examples: list[dict], device: torch.d
         if panel is None:
             panel = task.image_panel(batch, pred)
     result = means.result(device)
-    thr = float(task.cfg.eval.collapse_warn_ratio)
+    thr = config.collapse_warn_ratio
     ratio = result.get("collapse/color_spread_ratio")
     if ratio is not None and ratio < thr:
         log.warning("mode-collapse warning: predicted novel-view colour spread is %.2f of the truth's (< %.2f): "

@@ -18,6 +18,7 @@ from mousefacelift.inference import Prediction, predict
 from mousefacelift.models import build_model, model_config
 from mousefacelift.models.gslrm import GSLRMConfig
 
+from ...settings import EvalConfig
 from ..base import Task
 from .evaluate import evaluate
 from .losses import LossConfig, compute_losses
@@ -45,9 +46,9 @@ class GSLRMTask(Task):
     def loss(self, prediction: Prediction, batch: dict[str, Any], step: int):
         return compute_losses(prediction.render, batch, self.loss_config, step, gaussians=prediction.gaussians)
 
-    def evaluate(self, model: torch.nn.Module, examples: list[dict], device: torch.device,
-                 autocast: bool) -> tuple[dict[str, float], np.ndarray | None]:
-        return evaluate(self, model, examples, device, autocast)
+    def evaluate(self, model: torch.nn.Module, examples: list[dict], device: torch.device, autocast: bool,
+                 config: EvalConfig) -> tuple[dict[str, float], np.ndarray | None]:
+        return evaluate(self, model, examples, device, autocast, config)
 
     def image_panel(self, batch: dict[str, Any], prediction: Prediction) -> np.ndarray:
         return image_panel(batch, prediction.render, self.num_inputs)
