@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from numpy.core.multiarray import _reconstruct
 
+from .shards.atomic import atomic_file
+
 __all__ = ["LAST", "CheckpointError", "save_checkpoint", "load_checkpoint", "model_config_of"]
 
 LAST = "last.pt"
@@ -41,16 +43,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write ``state`` atomically (temporary file in the same folder, fsync, os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as f:
+        torch.save(state, f)
     return path
 
 

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .shards.atomic import atomic_file
 
 __all__ = ["Gaussians", "SH_C0", "rgb_to_sh0", "sh0_to_rgb", "sh_degree_of"]
 
@@ -205,16 +206,9 @@ class Gaussians:
         header += [f"property float {name}" for name in self.ply_attribute_names()]
         header += ["end_header"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(("\n".join(header) + "\n").encode("ascii"))
-                f.write(np.ascontiguousarray(table).tobytes())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path) as f:
+            f.write(("\n".join(header) + "\n").encode("ascii"))
+            f.write(np.ascontiguousarray(table).tobytes())
         return path
 
     @classmethod

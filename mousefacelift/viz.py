@@ -202,16 +202,12 @@ def resize_rgba(rgba: np.ndarray, size: tuple[int, int], resample: str = "biline
 
 
 def save_png(path, image: np.ndarray) -> None:
-    """Write a uint8 image atomically (temporary name in the same folder, then rename)."""
-    import os
+    """Write a uint8 image atomically (:func:`mousefacelift.shards.atomic.atomic_file`)."""
     from pathlib import Path
+
+    from .shards.atomic import atomic_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path) as f:
+        Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")

@@ -1,8 +1,8 @@
 """Never half-written: atomic file writes, writable-folder checks and the shard error type.
 
-Every file the data engine publishes (shards, sidecars, manifests, calibrations, frames)
-goes through :func:`atomic_write_bytes`: a temporary name ``NAME.tmp-<host>-<pid>`` in the
-same folder, fsync, then ``os.replace``. The temporary name says which writer left it, so
+Every file the project publishes (shards, sidecars, manifests, calibrations, frames,
+checkpoints) is written through :func:`atomic_file`: a temporary name ``NAME.tmp-<host>-<pid>``
+in the same folder, fsync, then ``os.replace``. The temporary name says which writer left it, so
 :func:`mousefacelift.shards.clean_stale_tmp` can remove those of dead writers.
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 import os
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def tmp_name(target: Path) -> Path:
     """``NAME.tmp-<host>-<pid>``: unique per writer, and tells :func:`clean_stale_tmp` whose it is."""
     return target.with_name(f"{target.name}{TMP_MARK}{host_tag()}-{os.getpid()}")
 
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -46,20 +48,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary name + fsync + os.replace (never half-written)."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only if the block ends without an error (temporary
+    name, fsync, ``os.replace``, folder fsync); otherwise the temporary file is removed and the
+    error goes on unchanged."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException:
         unlink_quiet(tmp)
-        raise os_error(e, path) from None
+        raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; OS failures become a ShardError saying what is safe."""
+    try:
+        with atomic_file(path) as f:
+            f.write(data)
+    except OSError as e:
+        raise os_error(e, Path(path)) from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
