@@ -1,5 +1,5 @@
-"""The data side's YAML files are the one place their values are set: a dataclass read from a
-file has no default for any field the file states, and every file loads through its reader."""
+"""The YAML files are the one place config values are set: a dataclass read from a file has no
+default for any field the file states, and every file loads through its reader."""
 import dataclasses
 
 import pytest
@@ -14,6 +14,11 @@ from synth.real.fake_capture import FakeCaptureConfig
 from synth.real.ingest import FrameRange, IngestConfig
 from synth.real.masks import MaskConfig
 from synth.real.normalize import NormalizeConfig
+from train.augment import AugmentConfig
+from train.data import DataConfig
+from train.settings import EvalConfig, LoopConfig, OptimConfig, PhaseConfig
+from train.tasks.gslrm.losses import LossConfig
+from train.views import ViewSamplingConfig
 
 TYPED = [(ObjectConfig, "objects", "procedural", None),
          (NormalizeConfig, "real", "ingest", "normalize"),
@@ -21,6 +26,14 @@ TYPED = [(ObjectConfig, "objects", "procedural", None),
          (IngestConfig, "real", "ingest", None),
          (FrameRange, "real", "ingest", "frames"),
          (FakeCaptureConfig, "real", "fake_capture", None)]
+TYPED += [(LossConfig, "", "train", "loss"),
+          (LoopConfig, "", "train", "train"),
+          (EvalConfig, "", "train", "eval"),
+          (PhaseConfig, "", "train", "phase"),
+          (OptimConfig, "optim", "adamw", None),
+          (DataConfig, "data", "base", None),
+          (ViewSamplingConfig, "data", "base", "view_sampling"),
+          (AugmentConfig, "data", "base", "augment")]
 TYPED += [(QualityPreset, "quality", p.stem, None) for p in sorted((configs_dir() / "quality").glob("*.yaml"))]
 
 
