@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 CONFIGS_ENV = "MOUSEFACELIFT_CONFIGS"
 T = TypeVar("T")
@@ -81,10 +82,14 @@ def _restore(saved) -> None:
 
 
 def to_container(cfg: Any) -> Any:
-    """A plain, fully resolved dict/list tree (JSON-serialisable) from a DictConfig."""
-    if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
+    """A DictConfig/ListConfig as a plain, fully resolved dict/list tree (JSON-serialisable);
+    anything else unchanged. A mandatory value left unset (``???``) is an error naming it."""
+    if not OmegaConf.is_config(cfg):
+        return cfg
+    try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    return cfg
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"config key {e.full_key!r} has no value (??? in the YAML): set it") from None
 
 
 def canonical_json(obj: Any) -> str:
@@ -136,7 +141,7 @@ def load_yaml(group: str, name_or_path: str | os.PathLike, overrides: Mapping | 
             extra = OmegaConf.from_dotlist([str(o) for o in overrides])
         cfg = OmegaConf.merge(cfg, extra)
         where = f"{where} with overrides {sorted(extra.keys()) if isinstance(overrides, Mapping) else list(overrides)}"
-    out = plain(cfg)
+    out = to_container(cfg)
     if not isinstance(out, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(out).__name__}")
     return out, where
@@ -150,11 +155,6 @@ def load_typed(cls: type[T], group: str, name_or_path: str | os.PathLike,
     return typed(cls, mapping, where)
 
 
-def plain(cfg: Any) -> Any:
-    """A DictConfig/ListConfig as plain dicts and lists (resolved); anything else unchanged."""
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
 def typed(cls: type[T], cfg: Any, where: str) -> T:
     """The one way from a config mapping (dict, DictConfig or None) to the dataclass ``cls``.
 
@@ -166,7 +166,7 @@ def typed(cls: type[T], cfg: Any, where: str) -> T:
     """
     if isinstance(cfg, cls):
         return cfg
-    cfg = plain(cfg)
+    cfg = to_container(cfg)
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, Mapping):

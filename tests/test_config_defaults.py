@@ -16,7 +16,7 @@ from synth.real.masks import MaskConfig
 from synth.real.normalize import NormalizeConfig
 from train.augment import AugmentConfig
 from train.data import DataConfig
-from train.settings import EvalConfig, LoopConfig, OptimConfig, PhaseConfig
+from train.settings import EvalConfig, LoopConfig, OptimConfig
 from train.tasks.gslrm.losses import LossConfig
 from train.views import ViewSamplingConfig
 
@@ -29,7 +29,6 @@ TYPED = [(ObjectConfig, "objects", "procedural", None),
 TYPED += [(LossConfig, "", "train", "loss"),
           (LoopConfig, "", "train", "train"),
           (EvalConfig, "", "train", "eval"),
-          (PhaseConfig, "", "train", "phase"),
           (OptimConfig, "optim", "adamw", None),
           (DataConfig, "data", "base", None),
           (ViewSamplingConfig, "data", "base", "view_sampling"),

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
-from ..config import ConfigError, load_yaml, plain, typed
+from ..config import ConfigError, load_yaml, to_container, typed
 from .gslrm import GSLRM, GSLRMConfig
 
 __all__ = ["MODELS", "load_preset", "model_config", "build_model"]
@@ -36,7 +36,7 @@ def model_config(spec: Any, where: str = "model"):
         return spec
     if isinstance(spec, (str, os.PathLike)):
         spec, where = load_yaml("model", spec)
-    spec = plain(spec)
+    spec = to_container(spec)
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: expected a preset name, a YAML path or a mapping, got {type(spec).__name__}")
     spec = dict(spec)
