@@ -56,16 +56,42 @@ def test_pose_matches_the_sampler_in_any_batch(model, cfg):
     assert s.meta["pose"]["family"] == batch.family[3]
 
 
-def test_normalised_into_the_cube_with_metric_scale(model, cfg):
+def test_framing_rule_body_without_tail_sets_scale_centre_and_view_share(model):
+    """docs/architecture.md §3: the body box (no tail) is centred with longest half-extent
+    normalize.fill, and every view of the default rig, near or far, frames it to rig.view_fill."""
+    from mousefacelift.framing import box_corners
+
+    cfg = to_container(compose("render", ["resolution=32", "seed=7"]))
     comp = C.MouseComposer(model, cfg)
-    fill = cfg["normalize"]["fill"]
+    fill, view_fill = cfg["normalize"]["fill"], cfg["rig"]["view_fill"]
+    keep = C.body_keep(model)
+    assert keep is not None and 0 < keep.sum() < len(keep)
+    dists, focals = [], []
     for idx in range(4):
         s = comp.compose(idx).validate()
         v = s.meshes[0].vertices
-        lo, hi = v.min(0), v.max(0)
-        assert np.all(np.abs(v) <= fill + 1e-5)
+        lo, hi = v[keep].min(0), v[keep].max(0)
         np.testing.assert_allclose((lo + hi) / 2, 0, atol=1e-5)
         assert abs((hi - lo).max() / 2 - fill) < 1e-5
+        assert np.linalg.norm(v, axis=1).max() < 1.8          # the tail stays inside the models' ray range
+        np.testing.assert_allclose(s.meta["normalization"]["body_box"], [lo, hi], atol=1e-5)
+        for cam in s.cameras:
+            p = box_corners(lo, hi) @ cam.w2c[:3, :3].T + cam.w2c[:3, 3]
+            uv = p[:, :2] / p[:, 2:] * cam.K[0, 0] + cam.K[:2, 2]
+            reach = 2 * np.abs(uv - cam.K[:2, 2]).max() / cam.width       # farthest corner from the centre
+            assert abs(reach - view_fill) < 1e-6, (cam.name, reach)
+            dists.append(np.linalg.norm(cam.center))
+            focals.append(cam.K[0, 0])
+    lo_d, hi_d = cfg["rig"]["distance"]
+    assert lo_d - 1e-6 <= min(dists) and max(dists) <= hi_d + 1e-6 and max(dists) / min(dists) > 2
+    assert max(focals) / min(focals) > 2                           # narrow lenses far away, wide ones near
+
+
+def test_world_keeps_metric_scale(model, cfg):
+    comp = C.MouseComposer(model, cfg)
+    for idx in range(2):
+        s = comp.compose(idx)
+        v = s.meshes[0].vertices
         # world = (model - center) * scale, and mm_per_unit keeps the metric size
         from mousefacelift.body import PoseParams
         out = model.pose(PoseParams.from_array(model, s.arrays["pose"]))
@@ -163,8 +189,9 @@ def test_meta_readers_find_what_the_composers_write(model, cfg):
 
 
 def test_bad_fill_is_refused():
+    from mousefacelift.framing import normalization
     with pytest.raises(ValueError, match="normalize.fill"):
-        C.normalization(np.random.default_rng(0).normal(size=(10, 3)), 1.2)
+        normalization(-np.ones(3), np.ones(3), 1.2)
 
 
 @pytest.mark.mammal
@@ -172,7 +199,9 @@ def test_mammal_model_composes_into_the_cube(mammal, cfg):
     m = mammal
     s = C.MouseComposer(m, cfg).compose(4)
     v = s.meshes[0].vertices
-    assert len(v) == m.num_vertices and np.all(np.abs(v) <= cfg["normalize"]["fill"] + 1e-5)
+    body = v[C.body_keep(m)]
+    assert len(v) == m.num_vertices and np.all(np.abs(body) <= cfg["normalize"]["fill"] + 1e-5)
+    assert np.linalg.norm(v, axis=1).max() < 1.8
     assert s.meshes[0].uv is not None and s.meta["body_model"] == "mammal"
     again = C.MouseComposer(m, cfg).compose(4)
     np.testing.assert_array_equal(again.arrays["pose"], s.arrays["pose"])

@@ -37,7 +37,8 @@ def test_forward_shapes_and_pixel_alignment():
     assert float(g.scales.max().detach()) <= torch.exp(torch.tensor(m.config.scale_max_log)) + 1e-6
     dist = m.ray_distance_map(g, K, c2w, 16, 16)
     assert dist.shape == (2, 3, 1, 16, 16)
-    assert float(dist.min()) >= m.config.near - 1e-5 and float(dist.max()) <= m.config.far + 1e-5
+    cam_dist = c2w[..., :3, 3].norm(dim=-1)[..., None, None, None] if m.config.near_far_relative else 0.0
+    assert bool((dist >= cam_dist + m.config.near - 1e-4).all() and (dist <= cam_dist + m.config.far + 1e-4).all())
     # raster order: Gaussian of pixel (v, i, j) projects back onto that pixel of view v
     v, i, j = 1, 5, 11
     X = g.means[0].reshape(3, 16, 16, 3)[v, i, j]

@@ -1,6 +1,8 @@
 """Losses and metrics: each term responds to what it should and nothing else."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -16,7 +18,10 @@ def scene(B=1, V=2, H=16, W=16):
     rgb = torch.ones(B, V, 3, H, W)
     rgb = torch.where(alpha > 0, torch.tensor([0.8, 0.3, 0.2])[:, None, None].expand(3, H, W), rgb)
     depth = alpha * 2.5
-    batch = {"rgb": rgb, "alpha": alpha, "depth": depth, "has_depth": torch.ones(B), "background": torch.ones(B, 3)}
+    c2w = torch.eye(4).expand(B, V, 4, 4).clone()
+    c2w[..., 2, 3] = -2.5                                    # camera 2.5 from the origin
+    batch = {"rgb": rgb, "alpha": alpha, "depth": depth, "has_depth": torch.ones(B), "background": torch.ones(B, 3),
+             "c2w": c2w}
     return batch
 
 
@@ -34,12 +39,55 @@ def test_perfect_render_has_zero_loss_and_terms_react():
     assert float(p3["depth"]) == 0
 
 
-def test_huber_depth_is_robust_in_world_units():
+def test_depth_loss_is_relative_charbonnier_over_the_true_surface():
     batch = scene()
-    cfg = LossConfig.from_yaml(depth_weight=1.0, depth_huber_delta=0.02)
-    far = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"] + 1.0 * batch["alpha"])
+    cfg = LossConfig.from_yaml(depth_weight=1.0, depth_eps=0.01)
+    far = RenderOutput(batch["rgb"], batch["alpha"], batch["depth"] + 0.25 * batch["alpha"])
     _, p = compute_losses(far, batch, cfg, 0)
-    assert abs(float(p["depth"]) - 0.02 * (1.0 - 0.01)) < 1e-6   # linear beyond delta
+    expect = math.sqrt(0.1 ** 2 + 0.01 ** 2) - 0.01              # 0.25 / 2.5 = 10 % relative error
+    assert abs(float(p["depth"]) - expect) < 1e-6
+    # the same relative error scores the same at twice the distance (cameras at 2 to 6 body lengths)
+    b2 = {**batch, "depth": batch["depth"] * 2, "c2w": batch["c2w"] * torch.tensor([1, 1, 1, 2.0])[:, None]}
+    _, p2 = compute_losses(RenderOutput(b2["rgb"], b2["alpha"], b2["depth"] * 1.1), b2, cfg, 0)
+    assert abs(float(p2["depth"]) - expect) < 1e-6
+    # an empty render is scored where the truth has surface (it reads as far background), not skipped
+    empty = RenderOutput(batch["rgb"], torch.zeros_like(batch["alpha"]), torch.zeros_like(batch["depth"]))
+    _, pe = compute_losses(empty, batch, cfg, 0)
+    assert float(pe["depth"]) > 0.9                              # far = 2 x 2.5 = 5 against 2.5: 100 %
+
+
+def test_a_transparent_cloud_still_gets_depth_and_opacity_gradient():
+    """The collapse this guards against: every Gaussian fading below 1/255 is culled by the
+    rasteriser, so render losses pass exactly zero gradient; the depth term still pulls where
+    Gaussians cover the true surface, and the pixel-alpha term reaches the culled ones."""
+    from mousefacelift.cameras import make_rig, stack_cameras
+    from mousefacelift.gaussians import Gaussians
+    from mousefacelift.splat import render
+    from train.tasks.gslrm.losses import pixel_alpha_loss, rendered_depth_loss
+
+    H = W = 8
+    K, c2w = (torch.tensor(np.asarray(a), dtype=torch.float32)[None] for a in stack_cameras(make_rig("ring2", size=H)))
+    n = H * W * 2
+    gen = torch.Generator().manual_seed(0)
+    means = (torch.rand(1, n, 3, generator=gen) - 0.5) * 0.6
+    raw_op = torch.full((1, n, 1), -4.0, requires_grad=True)           # opacity 0.018: faint but drawn
+    g = Gaussians(means, torch.full((1, n, 3), 0.08), torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4),
+                  torch.sigmoid(raw_op), torch.zeros(1, n, 1, 3))
+    out = render(g, K, c2w, H, W, background=(0.0, 0.0, 0.0), backend="torch")
+    depth = torch.full((1, 2, 1, H, W), 2.7)
+    loss = rendered_depth_loss(out, depth, c2w, None)
+    loss.backward()
+    assert float(raw_op.grad.abs().sum()) > 0
+    # culled entirely (opacity 1e-4 < 1/255): only the pixel-alpha term reaches them
+    raw2 = torch.full((1, n, 1), -9.0, requires_grad=True)
+    g2 = Gaussians(means.clone(), torch.full((1, n, 3), 0.08), torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4),
+                   torch.sigmoid(raw2), torch.zeros(1, n, 1, 3))
+    out2 = render(g2, K, c2w, H, W, background=(0.0, 0.0, 0.0), backend="torch")
+    (out2.rgb.sum() + out2.alpha.sum()).backward(retain_graph=True)
+    assert raw2.grad is None or float(raw2.grad.abs().sum()) == 0.0
+    raw2.grad = None
+    pixel_alpha_loss(g2, torch.ones(1, 2, 1, H, W)).backward()
+    assert float(raw2.grad.abs().min()) > 0 and float(raw2.grad.max()) < 0   # every opacity pushed up
 
 
 def test_alpha_loss_l1_and_bce():
@@ -152,7 +200,7 @@ def test_pointmap_depth_loss_measures_each_pixel_gaussian_against_its_pixel_dept
                              torch.ones(1, m.shape[1] + 5, 1), torch.zeros(1, m.shape[1] + 5, 1, 3))
     assert float(pointmap_depth_loss(mk(means), c2w, depth, alpha)) < 1e-5
     shifted = (o + (t + 0.1) * d).reshape(1, -1, 3)            # 0.1 further along each ray
-    expect = float((0.1 * (d * fwd).sum(-1))[:, :, 2:, 1:].mean())
+    expect = float((0.1 * (d * fwd).sum(-1))[:, :, 2:, 1:].mean()) / 2.5      # relative to the true depth
     assert abs(float(pointmap_depth_loss(mk(shifted), c2w, depth, alpha)) - expect) < 1e-4
     assert float(pointmap_depth_loss(mk(shifted), c2w, depth, torch.zeros_like(alpha))) == 0.0
     # through compute_losses: on with pointmap_weight and input_depth, weighted into the total
@@ -162,4 +210,6 @@ def test_pointmap_depth_loss_measures_each_pixel_gaussian_against_its_pixel_dept
     base, p0 = compute_losses(perfect, batch, LossConfig.from_yaml(alpha_weight=0.0), 0, gaussians=mk(shifted))
     total, p1 = compute_losses(perfect, batch, LossConfig.from_yaml(alpha_weight=0.0, pointmap_weight=2.0), 0,
                                gaussians=mk(shifted))
-    assert "pointmap" not in p0 and abs(float(total - base) - 2 * expect) < 1e-4
+    rel = (0.1 * (d * fwd).sum(-1))[:, :, 2:, 1:] / 2.5           # the phases' Charbonnier on it
+    expect_ch = float(((rel ** 2 + 0.01 ** 2).sqrt() - 0.01).mean())
+    assert "pointmap" not in p0 and abs(float(total - base) - 2 * expect_ch) < 1e-4

@@ -96,8 +96,25 @@ def test_nonfinite_and_spike_steps_are_skipped(tmp_path, shard_root):
     assert res["skipped"] is None
     assert any(not torch.equal(before[k], v) for k, v in _params(tr.model).items())
     # a grad-norm spike against the running median is skipped too
-    tr.loop = replace(tr.loop, skip=replace(tr.loop.skip, min_history=1, spike_factor=1e-6))
+    tr.spikes.cfg = replace(tr.loop.skip, min_history=1, spike_factor=1e-6, floor=0.0)
     assert tr.train_step(it)["skipped"] == "spike" and tr.counters["skipped_spike"] == 1
+
+
+def test_spike_filter_keeps_stepping_when_gradients_are_tiny_or_settle_higher():
+    """The deadlock: accepted norms ~0 (transparent Gaussians) made every real gradient a spike,
+    and only accepted norms entered the median, so a norm that settled higher was skipped forever."""
+    from train.settings import SkipConfig
+    from train.spikes import SpikeFilter
+
+    f = SpikeFilter(SkipConfig(spike_factor=10.0, history=20, min_history=5, floor=1.0))
+    for _ in range(20):
+        assert f.decide(1e-9) is None
+    assert f.decide(0.5) is None                       # below the floor: never a spike, however small the median
+    assert f.decide(50.0) == "spike"                   # a real outlier still is
+    for _ in range(9):
+        f.decide(40.0)                                 # the norm settles 40x higher ...
+    assert [f.decide(40.0) for _ in range(5)] == [None] * 5   # ... and the median follows: steps resume
+    assert f.decide(float("nan")) == "nonfinite" and f.decide(1.0, loss_finite=False) == "nonfinite"
 
 
 def test_freeze_policy_and_param_groups(tmp_path, shard_root):

@@ -128,3 +128,68 @@ def render_metrics(render_out, batch: dict) -> dict:
         has = (depth > 0).flatten(-3).any(-1)
         out["depth_abs_err"] = _mean(per[has])
     return out
+
+
+# -- geometry: are the Gaussians on the surface? -------------------------------------------------
+def surface_points(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """World points [M,3] of every pixel with depth > 0 (pixel centres, planar depth) of the
+    views depth [V,1,H,W], K [V,3,3], c2w [V,4,4]: samples of the true visible surface."""
+    V, _, H, W = depth.shape
+    v, u = torch.meshgrid(torch.arange(H, device=depth.device) + 0.5, torch.arange(W, device=depth.device) + 0.5,
+                          indexing="ij")
+    z = depth[:, 0].float()
+    x = (u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * z
+    y = (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * z
+    cam = torch.stack([x, y, z], dim=-1)                                       # [V,H,W,3]
+    world = cam @ c2w[:, None, :3, :3].float().transpose(-1, -2) + c2w[:, None, None, :3, 3].float()
+    return world[z > 0]
+
+
+def _subsample(x: torch.Tensor, n: int, w: torch.Tensor | None = None):
+    if len(x) <= n:
+        return x, w
+    idx = torch.linspace(0, len(x) - 1, n, device=x.device).long()     # deterministic
+    return x[idx], (None if w is None else w[idx])
+
+
+def surface_agreement(means: torch.Tensor, opacities: torch.Tensor, surface: torch.Tensor, eps: float,
+                      min_opacity: float = 0.05, max_points: int = 4096) -> dict[str, torch.Tensor]:
+    """How well one sample's Gaussians (means [N,3], opacities [N]) lie on its true surface
+    points [M,3] (world units = body lengths).
+
+    - ``chamfer``: mean of accuracy (opacity-weighted distance of the visible Gaussians,
+      opacity > ``min_opacity``, to the nearest surface point) and completeness (distance of
+      each surface point to the nearest visible Gaussian);
+    - ``on_surface``: opacity-weighted share of visible Gaussians within ``eps`` of the surface.
+
+    Why: colour and depth spreads cannot tell geometry from a view-aligned sheet at the right
+    silhouette (a noisy sheet has a "healthy" depth spread); a sheet's Gaussians lie off the
+    surface in 3D and score badly here. With no visible Gaussian at all (a dead model) the
+    256 most opaque stand in, so the figure stays defined and bad.
+    """
+    op = opacities.reshape(-1).float()
+    keep = op > min_opacity
+    if int(keep.sum()) == 0:
+        keep = torch.zeros_like(keep)
+        keep[op.topk(min(256, len(op))).indices] = True
+    pts, w = _subsample(means[keep].float(), max_points, op[keep])
+    surf, _ = _subsample(surface.float(), max_points)
+    if len(surf) == 0:
+        nan = means.new_tensor(float("nan"))
+        return {"chamfer": nan, "on_surface": nan}
+    d = torch.cdist(pts, surf)                                                 # [n,m]
+    acc_d = d.min(dim=1).values
+    comp = d.min(dim=0).values.mean()
+    acc = (acc_d * w).sum() / w.sum().clamp_min(1e-12)
+    on = ((acc_d <= eps).float() * w).sum() / w.sum().clamp_min(1e-12)
+    return {"chamfer": 0.5 * (acc + comp), "on_surface": on}
+
+
+def depth_rel_error(pred_depth, target_depth) -> torch.Tensor:
+    """Mean |pred - true| / true per image over every pixel where the TRUTH has surface; an
+    uncovered pixel (pred 0) counts as error 1, so an empty prediction cannot look accurate."""
+    t = _check(target_depth, "target_depth").float()
+    valid = (t > 0).float()
+    err = ((_check(pred_depth, "pred_depth").float() - t).abs() / t.clamp_min(1e-6) * valid).sum(dim=_PIX)
+    n = valid.sum(dim=_PIX)
+    return torch.where(n > 0, err / n.clamp_min(1), torch.zeros_like(err))

@@ -21,11 +21,13 @@ def _positive(where: str, **values) -> None:
 
 @dataclass(frozen=True)
 class SkipConfig:
-    """When a step is skipped: gradient norm above ``spike_factor`` x the running median."""
+    """When a step is skipped (train/spikes.py): gradient norm above ``spike_factor`` x the
+    running median of all recent finite norms and above ``floor``."""
 
     spike_factor: float
     history: int
     min_history: int
+    floor: float
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class EvalConfig:
     max_samples: int | None
     batch_size: int
     collapse_warn_ratio: float
+    baseline_margin_db: float
+    surface_eps: float
+    surface_warn_share: float
+    stop_when_dead: bool
 
     def __post_init__(self):
         _positive("eval", batch_size=self.batch_size)

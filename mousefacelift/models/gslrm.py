@@ -13,6 +13,9 @@ Pipeline (Zhang et al. 2024, GS-LRM; FaceLift's ``gslrm/model/gslrm.py``):
    order [xyz(3), sh((deg+1)^2 * 3), scale(3), rotation(4), opacity(1)] and activations:
    - distance along the pixel's unit ray = near + (far-near) * sigmoid(mean(xyz) + bias),
      position = ray origin + distance * ray direction (so Gaussians start on their pixel);
+     with ``near_far_relative`` near/far are offsets from the camera's distance to the origin,
+     so cameras at any distance (2 to 6 body lengths, docs/architecture.md §3) reach the
+     subject (FaceLift's fixed 1.2..4.2 is the same range for its cameras at 2.7);
    - scale = exp(min(raw + scale_bias, scale_max_log)), rotation = normalise(raw) (wxyz),
      opacity = sigmoid(raw + opacity_bias), colour = raw SH coefficients.
 
@@ -66,12 +69,14 @@ class GSLRMConfig:
     grad_checkpoint: bool         # recompute transformer blocks in backward (saves memory)
     checkpoint_every: int         # blocks per checkpointed segment
     head_hidden: int = 0          # 0: FaceLift's linear per-token head; >0: LN -> linear(hidden) -> GELU -> linear
+    near_far_relative: bool = False  # near/far are offsets from each camera's distance to the origin
 
     def __post_init__(self):
         if self.width % self.heads:
             raise ValueError(f"GSLRMConfig: width {self.width} is not divisible by heads {self.heads}")
-        if not 0 < self.near < self.far:
-            raise ValueError(f"GSLRMConfig: need 0 < near < far, got near={self.near}, far={self.far}")
+        if not (self.near < self.far if self.near_far_relative else 0 < self.near < self.far):
+            raise ValueError(f"GSLRMConfig: need {'' if self.near_far_relative else '0 < '}near < far, got "
+                             f"near={self.near}, far={self.far}")
         for name in ("patch_size", "width", "layers", "heads", "mlp_ratio", "checkpoint_every"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"GSLRMConfig: {name} must be positive, got {getattr(self, name)}")
@@ -255,6 +260,8 @@ class GSLRM(nn.Module):
         o, d = o.reshape(B, V * H * W, 3), d.reshape(B, V * H * W, 3)
         t = torch.sigmoid(raw[..., :3].mean(dim=-1, keepdim=True) + cfg.depth_bias)
         dist = cfg.near + (cfg.far - cfg.near) * t
+        if cfg.near_far_relative:                    # the subject sits around the origin at any camera distance
+            dist = dist + o.norm(dim=-1, keepdim=True)
         g = self._activate(raw, o + dist * d)
         if n_glob:
             graw = self.global_head(glob_tok.float()).float()

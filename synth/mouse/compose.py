@@ -6,20 +6,23 @@ the same scene whatever batch, worker, shard split or cluster job it is composed
 sequence is split into independent child streams (appearance, lighting, rig), so adding a
 random draw to one part never shifts the others.
 
-Normalisation (docs/architecture.md §3): the posed mesh's bounding box is centred at the origin and
-its longest half-extent scaled to ``cfg.normalize.fill`` (< 1), so the subject lies inside
-[-1, 1]^3. ``meta["normalization"] = {"center", "scale"}`` records world = (model - center)
-* scale, and ``meta["mm_per_unit"] = model.mm_per_unit / scale`` keeps metric size.
+Normalisation (docs/architecture.md §3, :mod:`mousefacelift.framing`): the box of the posed body
+WITHOUT THE TAIL is centred at the origin and its longest half-extent scaled to
+``cfg.normalize.fill``. ``meta["normalization"] = {"center", "scale", "rule", "body_box"}``
+records world = (model - center) * scale, and ``meta["mm_per_unit"] = model.mm_per_unit / scale``
+keeps metric size.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from mousefacelift.cameras import make_rig
+from mousefacelift.cameras import look_at, make_rig
 from mousefacelift.config import to_container
+from mousefacelift.framing import body_box, framed_intrinsics, normalization, sample_distances
 from mousefacelift.scene import MaterialSpec, MeshSpec, SceneSpec, depth_range_for
 from mousefacelift.shards import SCHEMA
 from synth.mouse.appearance import AppearanceSampler
@@ -42,23 +45,39 @@ def index_rng(seed: int, index: int) -> dict[str, np.random.Generator]:
 
 
 def rig_cameras(rig: dict, size: int, rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
-                margin: float) -> list:
+                margin: float, body: tuple[np.ndarray, np.ndarray] | None = None) -> list:
     """The render config's ``rig`` section as cameras of ``size`` pixels, depth ranges fitted to
-    the subject box [lo, hi] plus ``margin``: one framing for every rendered source."""
+    the subject box [lo, hi] plus ``margin``: one framing for every rendered source.
+
+    With ``rig.distance: [near, far]`` each view keeps the rig's direction but sits at its own
+    log-uniform distance (world units = body lengths) with the focal length at which the body
+    box ``body`` (default [lo, hi]) spans ``rig.view_fill`` of the image
+    (:func:`mousefacelift.framing.framed_intrinsics`); without it the rig's fixed radius and
+    field of view are used (FaceLift's rigs). These draws come after the rig's own, so rigs
+    without ``distance`` draw exactly as before."""
     cams = make_rig(str(rig["name"]), size=size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]), seed=rng,
                     min_elevation_deg=float(rig["min_elevation_deg"]), ring_elevation_deg=float(rig["ring_elevation_deg"]))
+    if rig.get("distance") is not None:
+        near, far = (float(x) for x in rig["distance"])
+        blo, bhi = body if body is not None else (lo, hi)
+        dists = sample_distances(rng, len(cams), near, far)
+        framed = []
+        for cam, dist in zip(cams, dists):
+            eye = cam.center / np.linalg.norm(cam.center) * dist
+            w2c = look_at(eye)
+            K = framed_intrinsics(w2c, blo, bhi, float(rig["view_fill"]), cam.width, cam.height)
+            framed.append(replace(cam, K=K, w2c=w2c, name=f"{cam.name}_d{dist:.2f}"))
+        cams = framed
     return depth_range_for(cams, lo, hi, margin=margin)
 
 
-def normalization(vertices: np.ndarray, fill: float) -> tuple[np.ndarray, float]:
-    """Centre of the bounding box and the scale that maps its longest half-extent to ``fill``."""
-    if not 0 < fill < 1:
-        raise ValueError(f"normalize.fill must lie in (0, 1) so the subject stays inside [-1,1]^3, got {fill}")
-    lo, hi = vertices.min(0).astype(np.float64), vertices.max(0).astype(np.float64)
-    half = float((hi - lo).max()) / 2
-    if not half > 0:
-        raise ValueError("posed mesh has zero extent; cannot normalise it into the cube")
-    return (lo + hi) / 2, fill / half
+def body_keep(model) -> np.ndarray | None:
+    """Per-vertex mask of the body without the tail (the framing rule's body), or None when the
+    model has no tail region."""
+    regions = list(model.region_names)
+    if "tail_skin" not in regions:
+        return None
+    return model.region_of_vertices() != regions.index("tail_skin")
 
 
 # -- the composer --------------------------------------------------------------------------
@@ -77,6 +96,7 @@ class MouseComposer:
         self.size = self.dataset.image_size
         self.coats = AppearanceSampler(self.plain["appearance"])
         self.lights = LightingSampler(self.plain["lighting"])
+        self.body_keep = body_keep(model)
 
     def compose(self, index: int, seed: int | None = None) -> SceneSpec:
         index = int(index)
@@ -92,15 +112,18 @@ class MouseComposer:
         verts = out.vertices[0].detach().cpu().numpy().astype(np.float64)
         joints = out.joints[0].detach().cpu().numpy().astype(np.float64)
         kps = out.keypoints[0].detach().cpu().numpy().astype(np.float64)
-        center, scale = normalization(verts, float(plain["normalize"]["fill"]))
+        blo, bhi = body_box(verts, self.body_keep)
+        center, scale = normalization(blo, bhi, float(plain["normalize"]["fill"]))
         to_world = lambda x: ((x - center) * scale).astype(np.float32)   # noqa: E731
         wverts = to_world(verts)
+        body = ((blo - center) * scale, (bhi - center) * scale)
 
         materials, appearance_meta = self._coat(rngs["appearance"], list(model.region_names))
         environment, area_lights, lighting_meta = self.lights.sample(rngs["lighting"])
 
         rig = plain["rig"]
-        cams = rig_cameras(rig, self.size, rngs["rig"], wverts.min(0), wverts.max(0), float(plain["depth_margin"]))
+        cams = rig_cameras(rig, self.size, rngs["rig"], wverts.min(0), wverts.max(0), float(plain["depth_margin"]),
+                           body=body)
 
         uv = None
         if getattr(model, "uvs", None) is not None and getattr(model, "faces_uv", None) is not None:
@@ -122,7 +145,9 @@ class MouseComposer:
             "config_hash": self.config_hash,
             "body_model": getattr(model, "name", "?"),
             "mm_per_unit": float(model.mm_per_unit) / scale,
-            "normalization": {"center": [float(x) for x in center], "scale": float(scale)},
+            "normalization": {"center": [float(x) for x in center], "scale": float(scale),
+                              "rule": "body box without the tail: centred, longest half-extent = normalize.fill",
+                              "body_box": [[float(x) for x in body[0]], [float(x) for x in body[1]]]},
             "pose": pose_meta,
             "appearance": json_safe(appearance_meta),
             "lighting": json_safe(lighting_meta),

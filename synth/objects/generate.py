@@ -29,7 +29,9 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from mousefacelift.config import load_typed
+from mousefacelift.framing import normalization
 from mousefacelift.scene import MaterialSpec, MeshSpec
+from synth.mouse.workers import SampleSkipped
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ PRIMITIVES = ("box", "sphere", "cylinder", "capsule", "torus", "cone")
 DEFORMATIONS = ("taper", "twist", "bend", "noise")
 
 
-class MeshSkipped(ValueError):
-    """A mesh file that cannot be used; ``reason`` goes into the manifest's skipped list."""
+class MeshSkipped(SampleSkipped):
+    """A mesh file that cannot be used; ``reason`` goes into the manifest's skipped list (a
+    permanent skip: the render loop does not try the file again, see SampleSkipped)."""
 
     def __init__(self, path: str | Path, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -267,7 +270,7 @@ def procedural_object(index: int, seed: int = 0, cfg: ObjectConfig | None = None
         region.append(np.full(len(f), k, dtype=np.int32))
         offset += len(v)
     V = np.concatenate(verts)
-    center, scale = _normalisation(V, cfg.fit)
+    center, scale = normalization(V.min(0), V.max(0), cfg.fit)
     V = (V - center) * scale
     regions = [f"part{k:02d}" for k in range(len(parts))]
     mesh = MeshSpec(vertices=V.astype(np.float32), faces=np.concatenate(faces).astype(np.int32),
@@ -279,15 +282,6 @@ def procedural_object(index: int, seed: int = 0, cfg: ObjectConfig | None = None
             "parts": [p[3] for p in parts], "num_faces": int(len(mesh.faces)),
             "normalization": {"center": center.tolist(), "scale": float(scale)}}
     return [mesh], info
-
-
-def _normalisation(vertices: np.ndarray, fit: float) -> tuple[np.ndarray, float]:
-    """Centre of the bounding box and the scale that makes its largest half-extent ``fit``."""
-    lo, hi = vertices.min(0), vertices.max(0)
-    half = float((hi - lo).max()) / 2
-    if not half > 0:
-        raise ValueError("cannot normalise a mesh with zero extent")
-    return (lo + hi) / 2, fit / half
 
 
 # -- source A: mesh files -----------------------------------------------------------------
@@ -417,7 +411,7 @@ def load_mesh_file(path: str | Path, cfg: ObjectConfig | None = None) -> tuple[l
     area = sum(float(trimesh.triangles.area(v[f]).sum()) for _, v, f in prepared)
     if not area > 1e-9 * extent * extent:
         raise MeshSkipped(path, f"degenerate: total surface area {area:.3g} is zero relative to extent {extent:.3g}")
-    center, scale = _normalisation(allv, cfg.fit)
+    center, scale = normalization(allv.min(0), allv.max(0), cfg.fit)
     meshes: list[MeshSpec] = []
     for k, (g, v, f) in enumerate(prepared):
         if k >= cfg.max_meshes:

@@ -9,13 +9,17 @@ configs/phase/*.yaml):
   ``rgb`` (train.data composites the ground truth on the same ``background``; if the batch
   instead carries straight colours, :func:`composite_target` does the compositing);
 - ``alpha``: rendered coverage vs the mask (L1, or BCE);
-- ``depth``: robust (Huber, delta in world units, or L1) error of the alpha-normalised
-  expected depth vs the sample's planar depth, only where the sample has depth
-  (``has_depth``), the pixel has a depth value (> 0) and the render covers it (alpha above
-  ``depth_min_alpha``, so depth is not pulled through almost-transparent pixels);
+- ``depth``: :func:`rendered_depth_loss`, wherever the TRUTH has surface (depth > 0, samples
+  with ``has_depth``): the composited depth ``Σ wᵢzᵢ + (1-α)·z_far`` (an uncovered pixel reads
+  as far background) against the true planar depth, as a relative Charbonnier error, so a
+  transparent cloud is still pulled to the surface and near and far cameras weigh alike;
 - ``pointmap``: :func:`pointmap_depth_loss`, each pixel-aligned Gaussian's depth in its input
-  camera vs the input pixel's true depth (batch ``input_depth``; 0 = unknown, e.g. augmented
-  views); needs ``gaussians``;
+  camera vs the input pixel's true depth (relative error; batch ``input_depth``; 0 = unknown,
+  e.g. augmented views); needs ``gaussians``;
+- ``pixel_alpha``: :func:`pixel_alpha_loss`, each pixel-aligned Gaussian's opacity vs its input
+  pixel's alpha (BCE); it acts on the opacities themselves, so it reaches Gaussians the
+  rasteriser culls (opacity < 1/255) and a run cannot fall silent by making every Gaussian
+  transparent; needs ``gaussians``;
 - ``perceptual``: VGG16 feature L1 from LOCALLY supplied torchvision-layout weights
   (``perceptual_weights``: a path; never downloaded), off before ``perceptual_warmup_steps``
   then ramped in linearly over ``perceptual_ramp_steps``; a missing file is an error;
@@ -37,7 +41,8 @@ from mousefacelift.config import load_typed
 
 from ...metrics import masked_psnr
 
-__all__ = ["LossConfig", "compute_losses", "composite_target", "VGGPerceptual", "load_perceptual"]
+__all__ = ["LossConfig", "compute_losses", "composite_target", "rendered_depth_loss", "pointmap_depth_loss",
+           "pixel_alpha_loss", "VGGPerceptual", "load_perceptual"]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +56,12 @@ class LossConfig:
     alpha_weight: float
     alpha_loss: str                  # "l1" or "bce"
     depth_weight: float
-    depth_loss: str                  # "huber" or "l1"
-    depth_huber_delta: float         # world units
-    depth_min_alpha: float           # depth is supervised only where the render covers the pixel
+    depth_loss: str                  # "charbonnier" or "l1", on the relative depth error
+    depth_eps: float                 # relative error where the Charbonnier turns from quadratic to linear
+    depth_far_factor: float          # an uncovered pixel reads as depth far_factor x the camera's distance
     pointmap_weight: float           # each input pixel's Gaussian vs that pixel's depth (needs input_depth)
+    pixel_alpha_weight: float        # each input pixel's Gaussian opacity vs that pixel's alpha
+    input_mask_threshold: float      # input pixels with alpha above this are foreground (point map)
     perceptual_weight: float
     perceptual_weights: str | None   # path to a torchvision-layout VGG16 state dict (.pth)
     perceptual_warmup_steps: int     # perceptual term is 0 before this step ...
@@ -71,8 +78,11 @@ class LossConfig:
     def __post_init__(self):
         if self.alpha_loss not in ("l1", "bce"):
             raise ValueError(f"LossConfig.alpha_loss must be 'l1' or 'bce', got {self.alpha_loss!r}")
-        if self.depth_loss not in ("huber", "l1"):
-            raise ValueError(f"LossConfig.depth_loss must be 'huber' or 'l1', got {self.depth_loss!r}")
+        if self.depth_loss not in ("charbonnier", "l1"):
+            raise ValueError(f"LossConfig.depth_loss must be 'charbonnier' or 'l1', got {self.depth_loss!r}")
+        if not self.depth_eps > 0 or not self.depth_far_factor > 1:
+            raise ValueError(f"LossConfig: need depth_eps > 0 and depth_far_factor > 1, got {self.depth_eps} and "
+                             f"{self.depth_far_factor}")
         if self.perceptual_weight > 0 and not self.perceptual_weights:
             raise ValueError("LossConfig: perceptual_weight > 0 needs perceptual_weights, the path of a local "
                              "torchvision-layout VGG16 state dict (weights are never downloaded); "
@@ -161,42 +171,70 @@ def perceptual_scale(cfg: LossConfig, step: int) -> float:
 
 
 # -- the loss -----------------------------------------------------------------------------------
-def _depth_term(render_out, batch, cfg: LossConfig) -> torch.Tensor | None:
-    depth = batch.get("depth")
-    if depth is None:
-        return None
-    valid = (depth > 0) & (render_out.alpha.detach() > cfg.depth_min_alpha)
-    has = batch.get("has_depth")
-    if has is not None:
-        valid = valid & has.to(torch.bool).reshape(-1, *([1] * (depth.ndim - 1)))
-    n = valid.sum()
-    if int(n) == 0:
+def _robust(rel: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+    if kind == "charbonnier":
+        return ((rel * rel + eps * eps).sqrt() - eps).mean()
+    return rel.abs().mean()
+
+
+def rendered_depth_loss(render_out, depth: torch.Tensor, c2w: torch.Tensor, has_depth: torch.Tensor | None,
+                        kind: str = "charbonnier", eps: float = 0.01, far_factor: float = 2.0) -> torch.Tensor:
+    """Relative robust error of the composited depth where the truth has surface.
+
+    Why this form: the alpha-normalised depth is undefined where the render is transparent,
+    so a term masked to opaque pixels vanishes exactly when a run goes transparent. The
+    composited depth ``Σ wᵢzᵢ + (1-α)·z_far`` (``z_far`` = ``far_factor`` x the camera's distance
+    to the origin) is defined everywhere: a missing surface reads as far background, and the
+    gradient raises the opacity of Gaussians there and pulls them to the true depth. Dividing
+    by the true depth keeps cameras at 2 and at 6 body lengths on one scale.
+    """
+    valid = depth > 0
+    if has_depth is not None:
+        valid = valid & has_depth.to(torch.bool).reshape(-1, *([1] * (depth.ndim - 1)))
+    if not bool(valid.any()):
         return render_out.depth.sum() * 0.0        # keeps the graph (DDP) with no contribution
-    pred, true = render_out.depth[valid], depth[valid].to(render_out.depth.dtype)
-    if cfg.depth_loss == "huber":
-        return F.huber_loss(pred, true, delta=cfg.depth_huber_delta)
-    return (pred - true).abs().mean()
+    alpha = render_out.alpha
+    dist = c2w[..., :3, 3].norm(dim=-1).to(alpha.dtype)                   # [B,V]
+    z_far = (far_factor * dist)[..., None, None, None]
+    composited = render_out.depth * alpha + (1 - alpha) * z_far
+    true = depth.to(alpha.dtype)
+    rel = (composited - true)[valid] / true[valid]
+    return _robust(rel, kind, eps)
+
+
+def _pixel_gaussians(values: torch.Tensor, B: int, V: int, H: int, W: int) -> torch.Tensor:
+    """The pixel-aligned Gaussians' ``values`` [B,N,C] -> [B,V,H*W,C] (GS-LRM's raster order,
+    global Gaussians first)."""
+    return values[:, -V * H * W:].reshape(B, V, H * W, values.shape[-1])
 
 
 def pointmap_depth_loss(gaussians, input_c2w: torch.Tensor, input_depth: torch.Tensor,
-                        input_alpha: torch.Tensor, min_alpha: float = 0.5) -> torch.Tensor:
-    """L1 between each pixel-aligned Gaussian's planar depth in its own input camera and that
-    pixel's true depth, over foreground pixels with depth.
+                        input_alpha: torch.Tensor, min_alpha: float = 0.5, kind: str = "l1",
+                        eps: float = 0.01) -> torch.Tensor:
+    """Relative error between each pixel-aligned Gaussian's planar depth in its own input camera
+    and that pixel's true depth, over foreground pixels with depth.
 
     Why: the rendered-depth term only sees where Gaussians END UP after compositing; this one
     tells every Gaussian directly where its pixel's surface is, the dense signal that stops a
-    reconstructor from explaining views with view-aligned sheets instead of geometry. The
-    pixel-aligned Gaussians are the last ``V*H*W`` (GS-LRM's raster order, global ones first).
+    reconstructor from explaining views with view-aligned sheets instead of geometry.
     """
     B, V, _, H, W = input_depth.shape
-    means = gaussians.means[:, -V * H * W:].reshape(B, V, H * W, 3)
+    means = _pixel_gaussians(gaussians.means, B, V, H, W)
     w2c = torch.linalg.inv(input_c2w.to(means.dtype))                          # [B,V,4,4]
     z = (means @ w2c[..., 2:3, :3].transpose(-1, -2)).squeeze(-1) + w2c[..., 2:3, 3]   # [B,V,HW]
     true = input_depth.reshape(B, V, H * W).to(z.dtype)
     valid = (true > 0) & (input_alpha.reshape(B, V, H * W) > min_alpha)
     if not bool(valid.any()):
         return z.sum() * 0.0
-    return (z[valid] - true[valid]).abs().mean()
+    return _robust((z[valid] - true[valid]) / true[valid], kind, eps)
+
+
+def pixel_alpha_loss(gaussians, input_alpha: torch.Tensor) -> torch.Tensor:
+    """BCE between each pixel-aligned Gaussian's opacity and its input pixel's alpha (see the
+    module docstring: the supervision that reaches culled Gaussians)."""
+    B, V, _, H, W = input_alpha.shape
+    op = _pixel_gaussians(gaussians.opacities, B, V, H, W)[..., 0].clamp(1e-5, 1 - 1e-5)
+    return F.binary_cross_entropy(op, input_alpha.reshape(B, V, H * W).to(op.dtype).clamp(0, 1))
 
 
 def compute_losses(render_out, batch: Mapping[str, Any], cfg: LossConfig, step: int, gaussians=None):
@@ -216,16 +254,20 @@ def compute_losses(render_out, batch: Mapping[str, Any], cfg: LossConfig, step: 
             a = (render_out.alpha - mask).abs().mean()
         parts["alpha"] = a
         total = total + cfg.alpha_weight * a
-    if cfg.depth_weight > 0:
-        d = _depth_term(render_out, batch, cfg)
-        if d is not None:
-            parts["depth"] = d
-            total = total + cfg.depth_weight * d
+    if cfg.depth_weight > 0 and batch.get("depth") is not None:
+        d = rendered_depth_loss(render_out, batch["depth"], batch["c2w"], batch.get("has_depth"), cfg.depth_loss,
+                                cfg.depth_eps, cfg.depth_far_factor)
+        parts["depth"] = d
+        total = total + cfg.depth_weight * d
     if cfg.pointmap_weight > 0 and gaussians is not None and "input_depth" in batch:
         pm = pointmap_depth_loss(gaussians, batch["input_c2w"], batch["input_depth"], batch["input_alpha"],
-                                 cfg.depth_min_alpha)
+                                 cfg.input_mask_threshold, cfg.depth_loss, cfg.depth_eps)
         parts["pointmap"] = pm
         total = total + cfg.pointmap_weight * pm
+    if cfg.pixel_alpha_weight > 0 and gaussians is not None and "input_alpha" in batch:
+        pa = pixel_alpha_loss(gaussians, batch["input_alpha"])
+        parts["pixel_alpha"] = pa
+        total = total + cfg.pixel_alpha_weight * pa
     ps = perceptual_scale(cfg, step)
     if ps > 0:
         net = load_perceptual(cfg.perceptual_weights, render_out.rgb.device)
