@@ -18,7 +18,9 @@ Usage::
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -82,9 +84,50 @@ def quiet_stdout():
         os.close(devnull)
 
 
+TMP_PREFIX = "mfl_blender_"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_tmpdirs(base: str | None = None) -> list[str]:
+    """Remove ``mfl_blender_<pid>_*`` folders whose process is gone. A renderer killed before
+    ``close()`` (SIGKILL, a crash) cannot remove its own folder, and in /dev/shm it holds RAM
+    until reboot; the next renderer on the host removes it. Returns the removed paths."""
+    base = base or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(TMP_PREFIX):
+            continue
+        pid = name[len(TMP_PREFIX):].split("_", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        path = os.path.join(base, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temp folder(s) of renderers that did not exit cleanly: %s", len(removed), removed[:5])
+    return removed
+
+
 def _ram_tmpdir() -> str:
+    """A fresh RAM-backed folder for the pass files, named after this process so that one a
+    killed process leaves behind can be recognised (and removed) later."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    return tempfile.mkdtemp(prefix="mfl_blender_", dir=base)
+    clean_stale_tmpdirs(base)
+    return tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}_", dir=base)
 
 
 class MeshSlot:
@@ -177,6 +220,9 @@ class BlenderRenderer:
         self.threads = int(threads)
         self._tmp = _ram_tmpdir()
         self._closed = False
+        # a process that ends without close() (sys.exit, SIGTERM turned into SystemExit) still removes it
+        self._rm_tmp = functools.partial(shutil.rmtree, self._tmp, ignore_errors=True)
+        atexit.register(self._rm_tmp)
         bpy.ops.wm.read_factory_settings(use_empty=True)
         self.scene = bpy.context.scene
         self.device = configure_device(self.scene, device)
@@ -335,7 +381,8 @@ class BlenderRenderer:
         if self._closed:
             return
         self._closed = True
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._rm_tmp()
+        atexit.unregister(self._rm_tmp)
         try:
             bpy.ops.wm.read_factory_settings(use_empty=True)
         finally:

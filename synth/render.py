@@ -7,6 +7,12 @@ only the shards that are not complete; a folder made with another config is refu
 unless ``--force-config``. Every pose index draws its randomness from (seed, index) only,
 so the output does not depend on how the work was split.
 
+A shard is complete when every index is a sample or a listed input skip (a broken mesh
+file: permanent). A pose that failed to render (e.g. an unreadable HDR map) is listed with
+``retry: true``: its shard is published but not complete, the run ends with a warning and
+exit status 1, and the next run renders that shard again. On resume every complete shard
+is hashed and one whose sha256 no longer matches its record is rendered again.
+
 Examples::
 
     python -m synth.render --poses 8 --quality preview          # a quick look, ./shards
@@ -18,8 +24,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import multiprocessing as mp
 import os
+import pickle
+import re
 import sys
 import time
 from pathlib import Path
@@ -117,8 +126,9 @@ def validate_config(cfg) -> None:
             raise RenderError(f"{name} must be an integer >= {lo}, got {value!r}")
     for name in ("resolution", "samples"):
         v = cfg.get(name)
-        if v is not None and (not isinstance(v, int) or v < 1):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise RenderError(f"{name} must be a positive integer or null, got {v!r}")
+    _validate_values(cfg)
     try:
         make_rig(str(cfg["rig"]["name"]), size=8, radius=float(cfg["rig"]["radius"]), fov_deg=float(cfg["rig"]["fov_deg"]))
     except ValueError as e:
@@ -127,6 +137,48 @@ def validate_config(cfg) -> None:
     if m not in ("procedural", "mammal") and not Path(m).expanduser().is_dir():
         raise RenderError(f"--model {m!r}: not 'procedural' and not an existing folder (expected the MAMMAL mouse "
                           "model folder holding mouse.pkl and mouse_txt/)")
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate_values(cfg) -> None:
+    """Range, type and path checks of the values the workers use. Without them a bad value
+    (a compression level of 42, a prefix that climbs out of --out) surfaces only inside the
+    workers, after the output folder was set up; here it is one line before anything is written."""
+    from mousefacelift.shards import SOURCES
+
+    def need(ok: bool, key: str, value, expected: str) -> None:
+        if not ok:
+            raise RenderError(f"{key}={value!r}: expected {expected}")
+
+    run, enc = cfg["run"], cfg.get("encode") or {}
+    prefix = cfg.get("prefix")
+    need(isinstance(prefix, str) and bool(_NAME_RE.match(prefix)), "prefix", prefix,
+         "a plain name of letters, digits, '_' and '-' (shards are written as PREFIX-NNNNNN.tar inside --out)")
+    need(cfg.get("source") in SOURCES, "source", cfg.get("source"), f"one of {list(SOURCES)}")
+    need(_is_int(cfg.get("seed")) and cfg["seed"] >= 0, "seed", cfg.get("seed"), "an integer >= 0")
+    level = enc.get("png_compress_level")
+    need(_is_int(level) and 0 <= level <= 9, "encode.png_compress_level", level, "an integer in 0..9 (zlib level)")
+    need(isinstance(enc.get("normals"), bool), "encode.normals", enc.get("normals"), "true or false")
+    fill = (cfg.get("normalize") or {}).get("fill")
+    need(_is_number(fill) and 0 < fill <= 1, "normalize.fill", fill, "a number in (0, 1]")
+    need(_is_number(cfg.get("depth_margin")) and cfg["depth_margin"] >= 0, "depth_margin", cfg.get("depth_margin"),
+         "a number >= 0 (world units)")
+    need(run.get("device") in ("auto", "cpu", "gpu"), "run.device", run.get("device"), "auto, cpu or gpu")
+    need(_is_int(run.get("threads")) and run["threads"] >= 0, "run.threads", run.get("threads"),
+         "an integer >= 0 (0 = all cores / workers)")
+    need(_is_number(run.get("stale_tmp_hours")) and run["stale_tmp_hours"] >= 0, "run.stale_tmp_hours",
+         run.get("stale_tmp_hours"), "a number of hours >= 0")
+    need(str(run.get("out") or "").strip() != "", "run.out", run.get("out"), "an output folder path")
 
 
 def _device_threads(run: dict) -> int:
@@ -166,7 +218,8 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
         composer = W.make_composer(plain, dataset)
         # a source may define its own check (a mesh folder's first file may be a skipped one)
         getattr(composer, "preflight", lambda: composer.compose(0))()
-    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError) as e:
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError, KeyError, pickle.UnpicklingError) as e:
+        # UnpicklingError: the body model's restricted unpickler refused a global (or the file is no pickle)
         raise RenderError(f"cannot prepare the scene: {type(e).__name__}: {e}") from None
     chash = composer.config_hash
     header = {"source": plain["source"], "prefix": plain["prefix"], "samples_per_shard": Ssz, "seed": int(plain["seed"]),
@@ -214,8 +267,16 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
 
     def complete(k: int) -> bool:
         r = existing.get(k)
-        return r is not None and r.config_hash == chash and r.samples + len(r.skipped) == len(W.shard_indices(k, N, Ssz))
+        return r is not None and r.config_hash == chash and W.shard_is_complete(r, len(W.shard_indices(k, N, Ssz)))
 
+    retry = {k: W.retry_entries(existing[k].skipped) for k in mine if k in existing and existing[k].config_hash == chash}
+    retry = {k: v for k, v in retry.items() if v}
+    if retry:
+        log.warning("%d pose(s) in shards %s failed to render in an earlier run; rendering those shards again (%s)",
+                    sum(len(v) for v in retry.values()), sorted(retry)[:10], _reasons([e for v in retry.values() for e in v]))
+    damaged = _damaged_shards(out, [k for k in mine if complete(k)], existing) if out.exists() else []
+    for k in damaged:
+        existing.pop(k, None)
     todo = [k for k in mine if not complete(k)]
     todo_poses = sum(len(W.shard_indices(k, N, Ssz)) for k in todo)
     workers = max(1, min(int(run_cfg["workers"]), len(todo)))
@@ -227,7 +288,8 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
              plain["rig"]["name"], chash)
     summary = {"out": str(out), "config_hash": chash, "job": slot.job_index, "num_jobs": slot.num_jobs,
                "shards_owned": len(mine), "shards_todo": len(todo), "poses_todo": todo_poses, "rendered_shards": [],
-               "seconds": 0.0}
+               "damaged_shards": [S.shard_name(plain["prefix"], k) for k in damaged],
+               "poses_rendered": 0, "poses_skipped": [], "poses_failed": [], "seconds": 0.0}
     if dry_run or not todo:
         if not todo:
             log.info("nothing to do: every shard of this job is complete")
@@ -257,10 +319,62 @@ def run(cfg, *, force: bool = False, dry_run: bool = False, log_level: int = log
                  ", ".join(f"{k} {v / max(todo_poses, 1):.2f} s" for k, v in pool.stage_seconds.items()),
                  100 * (1 - pool.stage_seconds.get("blender", 0.0) / total))
     m = S.read_manifest(out)
-    log.info("done: %d shards (%d poses) in %.1f s (%.3f poses/s); manifest %s lists %d shards",
-             len(pool.finished), todo_poses, summary["seconds"], todo_poses / max(summary["seconds"], 1e-9),
-             out / S.MANIFEST_NAME, len(m["shards"]))
+    recs = pool.records
+    failed = [{**e, "shard": r["name"]} for r in recs for e in W.retry_entries(r["skipped"])]
+    skipped = [{**e, "shard": r["name"]} for r in recs for e in r["skipped"] if not e.get("retry")]
+    summary.update(poses_rendered=sum(int(r["samples"]) for r in recs), poses_skipped=skipped, poses_failed=failed)
+    log.info("done: %d shards in %.1f s (%.3f poses/s): %d of %d poses rendered, %d skipped (unusable input, listed "
+             "in the manifest), %d failed; manifest %s lists %d shards", len(pool.finished), summary["seconds"],
+             todo_poses / max(summary["seconds"], 1e-9), summary["poses_rendered"], todo_poses, len(skipped),
+             len(failed), out / S.MANIFEST_NAME, len(m["shards"]))
+    if skipped:
+        log.info("skipped: %s", _reasons(skipped))
+    if failed:
+        log.warning("%d pose(s) failed to render (%s): shards %s are not complete; re-run the same command to "
+                    "render them", len(failed), _reasons(failed), sorted({e["shard"] for e in failed})[:10])
     return summary
+
+
+def _reasons(entries: list[dict], limit: int = 3) -> str:
+    """The distinct reasons of skip/failure entries with their counts, most frequent first."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[str(e.get("reason"))] = counts.get(str(e.get("reason")), 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])
+    text = "; ".join(f"{r} (x{n})" if n > 1 else r for r, n in top[:limit])
+    return text + (f"; and {len(top) - limit} other reason(s)" if len(top) > limit else "")
+
+
+def _damaged_shards(out: Path, ks: list[int], existing: dict) -> list[int]:
+    """Complete shards whose bytes no longer hash to the sha256 recorded when they were written
+    (the manifest's record, else the sidecar's). A size check alone misses a flipped bit, and
+    resume would keep the damaged shard for good; these are rendered again."""
+    from mousefacelift import shards as S
+
+    recorded: dict[str, str] = {}
+    if (out / S.MANIFEST_NAME).exists():
+        try:
+            recorded = {str(r.get("name")): str(r.get("sha256")) for r in S.read_manifest(out)["shards"]
+                        if isinstance(r, dict)}
+        except S.ShardError:
+            recorded = {}
+    damaged = []
+    if ks:
+        log.info("checking the sha256 of %d complete shard(s)", len(ks))
+    for k in ks:
+        rec = existing[k]
+        want = recorded.get(rec.name) or rec.sha256
+        try:
+            got = S.shard_sha256(out / rec.name)
+        except (OSError, S.ShardError) as e:
+            log.warning("shard %s cannot be read (%s); rendering it again", rec.name, e)
+            damaged.append(k)
+            continue
+        if got != want or got != rec.sha256:
+            log.warning("shard %s: sha256 %s... differs from the recorded %s... (changed or damaged on disk); "
+                        "rendering it again", rec.name, got[:16], want[:16])
+            damaged.append(k)
+    return damaged
 
 
 class _Pool:
@@ -285,6 +399,7 @@ class _Pool:
         self.slot_of: dict[int, int] = {}
         self.finished: set[int] = set()
         self.names: list[str] = []
+        self.records: list[dict] = []                 # sidecar records of the shards finished in this run
         self.retries: dict[int, int] = {}
         self.fatal: str | None = None
         self.next_id = 0
@@ -312,7 +427,11 @@ class _Pool:
             self.finished.add(k)
             self.current[i] = None
             self.names.append(rec["name"])
-            skipped = f" ({len(rec['skipped'])} skipped)" if rec["skipped"] else ""
+            self.records.append(rec)
+            n_failed = len(self.W.retry_entries(rec["skipped"]))
+            n_skipped = len(rec["skipped"]) - n_failed
+            skipped = "".join(f" ({n} {what})" for n, what in ((n_skipped, "skipped"), (n_failed, "failed, not complete"))
+                              if n)
             log.info("shard %s: %d samples%s, %.2f MB, %.1f s", rec["name"], rec["samples"], skipped,
                      rec["bytes"] / 1e6, secs)
         elif kind == "error":
@@ -362,11 +481,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = compose("render", overrides_from_args(a))
-        run(cfg, force=a.force_config, dry_run=a.dry_run, log_level=level)
+        summary = run(cfg, force=a.force_config, dry_run=a.dry_run, log_level=level)
     except (RenderError, ConfigError) as e:
         print(f"synth.render: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return incomplete_status(summary, "synth.render")
+
+
+def incomplete_status(summary: dict, prog: str) -> int:
+    """Exit status of a finished run: 1, with a final warning line, when poses failed to render
+    (their shards are published but not complete, so the run did not produce the whole set)."""
+    failed = summary.get("poses_failed") or []
+    if not failed:
+        return 0
+    print(f"{prog}: warning: {len(failed)} of {summary['poses_todo']} poses failed to render ({_reasons(failed)}); "
+          f"shards {sorted({e['shard'] for e in failed})[:10]} are not complete: fix the cause and re-run the same "
+          "command to render them", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

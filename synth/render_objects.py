@@ -66,7 +66,7 @@ def overrides_from_args(a: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mousefacelift.config import ConfigError, compose
-    from synth.render import RenderError, run
+    from synth.render import RenderError, incomplete_status, run
 
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -76,9 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RenderError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    skipped = f", {len(summary['poses_skipped'])} skipped (listed in the manifest)" if summary.get("poses_skipped") else ""
     print(f"{summary['shards_todo']} shard(s), {summary['poses_todo']} object(s) -> {summary['out']} "
-          f"in {summary['seconds']:.1f}s (config {summary['config_hash']})")
-    return 0
+          f"in {summary['seconds']:.1f}s (config {summary['config_hash']}){skipped}")
+    return incomplete_status(summary, "synth.render_objects")
 
 
 if __name__ == "__main__":

@@ -104,9 +104,14 @@ class ShardWriter:
             raise os_error(e, self.tmp_path) from None
         self.keys.append(key)
 
-    def skip(self, index: int, reason: str) -> None:
-        """Record a pose index that produced no sample (kept in the sidecar and the manifest)."""
-        self.skipped.append({"index": int(index), "reason": str(reason)})
+    def skip(self, index: int, reason: str, *, retry: bool = False) -> None:
+        """Record a pose index that produced no sample (kept in the sidecar and the manifest).
+        ``retry``: it failed to render rather than had unusable input, so the shard is not
+        complete and the next run renders it again."""
+        entry = {"index": int(index), "reason": str(reason)}
+        if retry:
+            entry["retry"] = True
+        self.skipped.append(entry)
 
     def abort(self) -> None:
         """Drop the unfinished shard (its temporary file); nothing is published."""

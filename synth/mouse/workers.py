@@ -113,6 +113,25 @@ class FatalWorkerError(RuntimeError):
     """An error that retrying cannot fix (bad input, disk full): the parent stops the run."""
 
 
+class SampleSkipped(ValueError):
+    """An index whose input cannot be used (e.g. a broken mesh file). Rendering it again cannot
+    change the outcome, so it is a permanent skip: listed in the manifest's ``skipped`` with
+    the reason, and its shard still counts as complete. Any other error while rendering an
+    index is a failure: it is listed with ``retry: true``, and the shard is rendered again
+    by the next run."""
+
+
+def retry_entries(skipped) -> list[dict]:
+    """The entries of a shard record's ``skipped`` list that failed to render (not input skips)."""
+    return [s for s in skipped or () if isinstance(s, dict) and s.get("retry")]
+
+
+def shard_is_complete(record, expected: int) -> bool:
+    """Every index of the shard is either a sample or a permanent skip (no failure to retry)."""
+    permanent = [s for s in record.skipped if not (isinstance(s, dict) and s.get("retry"))]
+    return not retry_entries(record.skipped) and record.samples + len(permanent) == expected
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the parent dies (e.g. the CLI is ``kill -9``-ed),
     so no orphan keeps writing into the output folder."""
@@ -171,6 +190,9 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
     """Take shard indices from ``tasks`` and render them until the queue is empty or
     ``recycle_every`` poses are done; report ("start"|"pose"|"shard"|"error"|"exit", ...) on ``results``."""
     _die_with_parent()
+    # The parent stops idle workers with SIGTERM: turn it into SystemExit so the ``finally``
+    # below closes the renderer (its RAM temp folder) and an open shard is aborted, not left.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s w{args.worker_id} %(name)s: %(message)s")
     wid = args.worker_id
     cfg = args.cfg
@@ -215,15 +237,21 @@ def worker_main(args: WorkerArgs, tasks, results) -> None:
                         timings["write"] = time.perf_counter() - tw
                     except (ShardError, MemoryError):
                         raise
-                    except Exception as e:   # one bad pose is recorded and skipped, not fatal
+                    except SampleSkipped as e:   # unusable input: listed for good, the run goes on
+                        log.warning("index %d skipped: %s", i, e)
+                        w.skip(i, str(e))
+                    except Exception as e:   # a failed pose is listed and rendered again by the next run
                         reason = f"{type(e).__name__}: {e}"
-                        log.warning("pose %d skipped: %s", i, reason)
-                        w.skip(i, reason)
+                        log.warning("pose %d failed (the next run renders it again): %s", i, reason)
+                        w.skip(i, reason, retry=True)
                         failures.append(reason)
                     done += 1
                     results.put(("pose", wid, i, time.perf_counter() - t, timings))
+                # Nothing rendered and every index raised a render error: a systematic problem
+                # (unreadable HDRI pool, broken renderer); stop with its first error rather than
+                # grind through every shard. Input skips never count here.
                 if failures and len(failures) == len(indices):
-                    raise FatalWorkerError(f"every pose of shard {k} failed; first error: {failures[0]}")
+                    raise FatalWorkerError(f"every pose of shard {k} failed to render; first error: {failures[0]}")
                 rec = w.close()
             results.put(("shard", wid, k, rec.to_json(), time.perf_counter() - t0))
             k = None

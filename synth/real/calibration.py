@@ -79,6 +79,7 @@ def load_calibration(path: str | Path, units: str | None = None,
 
         u = _check_units("mm", units, path)
         cams = load_dannce_cameras(path, image_size=image_size or DANNCE_IMAGE_SIZE)
+        _check_cameras_finite(cams, path)
         return Calibration(cameras=cams, units=u, path=str(path))
     if ext in (".json", ".yaml", ".yml"):
         text = path.read_text()
@@ -104,30 +105,67 @@ def _matrix(entry: dict, name: str, shape: tuple[int, ...], where: str) -> np.nd
         raise ValueError(f"{where}.{name}: not numeric ({entry[name]!r})") from None
     if a.size != int(np.prod(shape)):
         raise ValueError(f"{where}.{name}: expected {shape} values, got shape {a.shape}")
+    _check_finite(a, where, name)
     return a.reshape(shape)
+
+
+def _check_finite(a: np.ndarray, where: str, name: str) -> None:
+    """Refuse NaN/inf: they pass every shape check, and every later computation (hull,
+    crop, projection) turns them into empty masks, so frames would be dropped one by one
+    as 'no mouse' instead of the calibration being named as the fault."""
+    bad = ~np.isfinite(np.asarray(a, dtype=np.float64))
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where}: field {name!r} has a non-finite value ({np.asarray(a).flat[np.flatnonzero(bad)[0]]} "
+                         f"at {list(pos)}); expected finite numbers")
+
+
+def _check_cameras_finite(cams: list[Camera], path: Path) -> None:
+    """The same check for cameras read by another reader (DANNCE .mat), per camera and field."""
+    for i, c in enumerate(cams):
+        where = f"{path}: camera {c.name!r}, cameras[{i}]"
+        _check_finite(c.K, where, "K")
+        _check_finite(c.w2c[:3, :3], where, "R")
+        _check_finite(c.w2c[:3, 3], where, "t")
+        if c.dist is not None:
+            _check_finite(c.dist, where, "dist")
 
 
 def _from_dict(data, path: Path, units: str | None, image_size) -> Calibration:
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
         raise ValueError(f"{path}: expected a mapping with a non-empty 'cameras' list")
     u = _check_units(data.get("units"), units, path)
-    up = np.asarray(data.get("up", [0.0, 0.0, 1.0]), dtype=np.float64).reshape(-1)
-    if up.shape != (3,) or not np.linalg.norm(up) > 0:
+    try:
+        up = np.asarray(data.get("up", [0.0, 0.0, 1.0]), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: 'up' must be a non-zero 3-vector, got {data.get('up')!r}") from None
+    if up.shape != (3,) or not np.all(np.isfinite(up)) or not np.linalg.norm(up) > 0:
         raise ValueError(f"{path}: 'up' must be a non-zero 3-vector, got {data.get('up')!r}")
     cams = []
     for i, entry in enumerate(data["cameras"]):
-        where = f"{path}: cameras[{i}]"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(entry).__name__}")
+            raise ValueError(f"{path}: cameras[{i}]: expected a mapping, got {type(entry).__name__}")
+        where = f"{path}: camera {str(entry.get('name', f'cam{i}'))!r}, cameras[{i}]"
         K = _matrix(entry, "K", (3, 3), where)
         R = _matrix(entry, "R", (3, 3), where)
         t = _matrix(entry, "t", (3,), where)
-        dist = np.asarray(entry.get("dist") or [], dtype=np.float64).reshape(-1)
+        try:
+            dist = np.asarray(entry.get("dist") or [], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}.dist: not numeric ({entry.get('dist')!r})") from None
+        _check_finite(dist, where, "dist")
         size = (entry.get("width"), entry.get("height"))
         if size[0] is None or size[1] is None:
             if image_size is None:
                 raise ValueError(f"{where}: missing 'width'/'height' (or pass image_size)")
             size = image_size
+        for field_name, v in zip(("width", "height"), size):
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                fv = float("nan")
+            if isinstance(v, bool) or not np.isfinite(fv) or fv != int(fv) or fv <= 0:
+                raise ValueError(f"{where}: field {field_name!r} is {v!r}; expected a positive whole number of pixels")
         w2c = np.eye(4)
         w2c[:3, :3] = R
         w2c[:3, 3] = t

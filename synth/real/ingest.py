@@ -27,7 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mousefacelift.config import config_hash, load_yaml, typed
-from mousefacelift.shards import ShardWriter, check_writable_dir, complete_shards
+from mousefacelift.shards import (ShardError, ShardWriter, check_writable_dir, complete_shards, read_manifest,
+                                  rebuild_manifest)
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
 from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
@@ -163,27 +164,45 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
     for split, frames in splits.items():
         out = check_writable_dir(Path(out_dir) / split)
         done = complete_shards(out, prefix=prefix, config_hash=chash)
+        split_header = {**header, "split": split}
+        if done and not _manifest_lists(out, done):
+            # a run stopped between a shard and its manifest update, or manifest.json was deleted
+            log.info("%s: manifest.json does not list every complete shard; rebuilding it from the sidecars", out)
+            rebuild_manifest(out, split_header, prefix=prefix, config_hash=chash)
         n_shards = (len(frames) + S - 1) // S
         written = skipped = 0
+        reasons: list[str] = []
         for k in tqdm(range(n_shards), desc=f"ingest {split}", unit="shard", disable=n_shards < 2):
             if k in done:
                 log.info("%s shard %d already complete, skipped (resume)", split, k)
                 continue
-            with ShardWriter(out, k, prefix=prefix, header={**header, "split": split}) as w:
+            with ShardWriter(out, k, prefix=prefix, header=split_header) as w:
                 for f in frames[k * S:(k + 1) * S]:
                     try:
                         sample = _frame_sample(f, split, sources, masks, cams, calibration, norm_cfg, chash)
                     except ValueError as e:
                         w.skip(f, str(e))
                         skipped += 1
+                        reasons.append(f"frame {f}: {e}")
                         log.warning("frame %d skipped: %s", f, e)
                         continue
                     w.write(sample.encode())
                     written += 1
-        report[split] = {"frames": len(frames), "written": written, "skipped": skipped, "shards": n_shards}
+        held = sum(r.samples for k, r in complete_shards(out, prefix=prefix, config_hash=chash).items() if k < n_shards)
+        report[split] = {"frames": len(frames), "written": written, "skipped": skipped, "shards": n_shards,
+                         "samples": held, "first_skip": reasons[0] if reasons else None}
         log.info("%s: %d frames -> %d samples written, %d skipped, %d shards in %s", split, len(frames), written,
                  skipped, n_shards, out)
     return report
+
+
+def _manifest_lists(out: Path, done: Mapping[int, Any]) -> bool:
+    """Whether the folder's manifest.json exists and lists every complete shard in ``done``."""
+    try:
+        listed = {int(r["index"]) for r in read_manifest(out)["shards"]}
+    except (ShardError, KeyError, TypeError, ValueError):
+        return False
+    return set(done) <= listed
 
 
 def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibration: Calibration,
@@ -226,11 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or ic.run.out
         t0 = time.perf_counter()
         report = ingest(cal, frame_paths, out, cfg, mask_paths, where)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for split, r in report.items():
         print(f"{split:6s} {r['frames']:6d} frames  {r['written']:6d} written  {r['skipped']:5d} skipped  "
               f"{r['shards']:4d} shards")
+    if not sum(r["samples"] for r in report.values()):
+        # an empty set is never what was asked for: every frame set was skipped (or none selected)
+        first = next((r["first_skip"] for r in report.values() if r["first_skip"]), None)
+        total = sum(r["frames"] for r in report.values())
+        why = (f"all {total} selected frame sets were skipped" + (f" (first: {first})" if first else "")
+               if total else "no frame falls into any split (check frames.* and splits.*)")
+        print(f"error: no sample written to {out}: {why}; check the calibration, masks and frames", file=sys.stderr)
+        return 1
     print(f"done in {time.perf_counter() - t0:.1f}s -> {out}")
     return 0

@@ -160,6 +160,36 @@ def sample_dirs(root: str | Path) -> list[Path]:
     return dirs
 
 
+class PathOutsideFolder(SampleError):
+    """A camera file names an image outside its sample folder."""
+
+
+def inside_folder(folder: Path, file_path, where: str, field: str = "file_path") -> Path:
+    """``file_path`` (of a FaceLift frame) resolved inside ``folder``. Camera files come from
+    elsewhere: an absolute path, a ``..`` or a symlink leading out would copy any image on
+    this machine into the shards, so such a path is refused."""
+    rel = str(file_path)
+    root = folder.resolve()
+    target = (root / rel).resolve()
+    if not rel or Path(rel).is_absolute() or not target.is_relative_to(root):
+        raise PathOutsideFolder(f"{where}: {field} {rel!r} leaves the sample folder {folder}; expected a path "
+                                f"inside it (e.g. {image_name(0)!r})")
+    return target
+
+
+def check_import_paths(dirs: list[Path]) -> None:
+    """Every frame's file_path of every folder, before anything is written."""
+    for d in dirs:
+        path = d / CAMERAS_JSON
+        try:
+            frames = json.loads(path.read_text())["frames"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            continue          # read_facelift_sample names that problem in its place
+        for i, f in enumerate(frames if isinstance(frames, list) else []):
+            if isinstance(f, dict) and "file_path" in f:
+                inside_folder(d, f["file_path"], f"{path} frames[{i}]")
+
+
 def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: float | None = None) -> MultiViewSample:
     """One FaceLift folder -> MultiViewSample (no depth). ``source``/``mm_per_unit`` override or
     supply what the folder's ``mfl_meta`` (present when we exported it) does not say."""
@@ -189,7 +219,7 @@ def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: f
             K = np.array([[f["fx"], 0, f["cx"]], [0, f["fy"], f["cy"]], [0, 0, 1]], dtype=np.float64)
             cam = Camera(K=K, w2c=np.asarray(f["w2c"], dtype=np.float64), width=int(f["w"]), height=int(f["h"]),
                          name=Path(str(f["file_path"])).stem)
-            img_path = folder / str(f["file_path"])
+            img_path = inside_folder(folder, f["file_path"], where)
         except KeyError as e:
             raise SampleError(f"{where}: missing field {e.args[0]!r}") from None
         except (TypeError, ValueError) as e:
@@ -209,6 +239,7 @@ def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: f
         rgba.append(img)
     arrays = {}
     for f in sorted(folder.glob("*.npy")):
+        inside_folder(folder, f.name, str(folder), "array file")     # a symlink leading out is refused too
         try:
             arrays[f.stem] = np.load(f, allow_pickle=False)
         except ValueError as e:
@@ -225,6 +256,7 @@ def import_facelift(root: str | Path, out_dir: str | Path, source: str | None = 
                     samples_per_shard: int = 64, prefix: str | None = None, progress: bool = True) -> int:
     """FaceLift folders -> shards + manifest in ``out_dir``; returns the number of samples."""
     dirs = sample_dirs(root)
+    check_import_paths(dirs)
     out = check_writable_dir(out_dir)
     first = read_facelift_sample(dirs[0], source, mm_per_unit)
     src = first.meta["source"]

@@ -9,6 +9,8 @@ and coloured by material region; a faint ground line shows z = 0.
 from __future__ import annotations
 
 import argparse
+import pickle
+import sys
 import warnings
 from pathlib import Path
 
@@ -88,7 +90,7 @@ def contact_sheet(model_spec: str = "procedural", n: int = 24, seed: int = 0, st
     return sheet, batch.stats
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m synth.pose_sheet", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="procedural", help="procedural, mammal (env var) or a MAMMAL folder")
     ap.add_argument("--n", type=int, default=24)
@@ -100,7 +102,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="shards/pose_sheet.png")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
-    sheet, stats = contact_sheet(a.model, a.n, a.seed, a.start, a.cols, a.tile, a.poses_config)
+    try:
+        sheet, stats = contact_sheet(a.model, a.n, a.seed, a.start, a.cols, a.tile, a.poses_config)
+    except (FileNotFoundError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        # a missing or refused model file (the restricted unpickler) is one line, not a traceback
+        print(f"synth.pose_sheet: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(a.out)
     print(f"wrote {a.out}: {a.n} poses, rejection rate {stats['rejection_rate']:.3f}, families {stats['families']}")
+    return 0

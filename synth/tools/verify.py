@@ -3,7 +3,9 @@
 Checks, in order:
 1. manifest.json (mfl-manifest/1): every listed shard exists with the recorded size and
    sha256; no finished shard lies in the folder unlisted; keys are unique across shards;
-   each shard holds exactly the keys the manifest lists.
+   each shard holds exactly the keys the manifest lists; no pose is missing (none failed to
+   render, no gap in the shard sequence, every shard but the last accounts for all its
+   indices as samples or listed input skips).
 2. every sample (or ``--samples N`` spread evenly over the set) decodes with
    ``MultiViewSample.decode`` and matches the schema: rgba for every view, depth for every
    view when the source renders depth (mouse, object), valid cameras, pose/joints for mice.
@@ -11,7 +13,9 @@ Checks, in order:
    forward-backward reprojection error in pixels, depth disagreement (relative, world units,
    mm), share of points that contradict another view, depth-vs-alpha agreement; and for
    mouse samples the IoU of alpha with the body mesh rebuilt from pose.npy (skipped, with
-   the reason, when the model is unavailable).
+   the reason, when the model is unavailable). Both IoUs forgive a 1 px band along the
+   outline (``--iou-band-px``): edge pixels dominate small images, and the same limits
+   must hold for a clean render at 64 px as at 128 px and above.
 
 Prints a table per sample and a summary; ``--json`` writes the full report. Exit status 0
 when everything passes, 1 when anything fails, 2 when the folder cannot be read at all.
@@ -155,6 +159,39 @@ def check_shard_files(directory: Path, manifest: dict) -> tuple[list[dict], list
     return results, problems
 
 
+def check_completeness(manifest: dict) -> list[str]:
+    """Poses the set is missing: indices that failed to render (listed with ``retry``; the
+    next run of the render command renders them), and gaps in the shard sequence. Every shard
+    but the last accounts for ``samples_per_shard`` indices, as samples or as input skips."""
+    problems = []
+    per_shard: dict[int, list[dict]] = {}
+    for e in manifest.get("skipped") or []:
+        if isinstance(e, dict) and e.get("shard") is not None:
+            per_shard.setdefault(int(e["shard"]), []).append(e)
+    recs = sorted((r for r in manifest["shards"] if isinstance(r, dict) and r.get("index") is not None),
+                  key=lambda r: int(r["index"]))
+    S = manifest.get("samples_per_shard")
+    for n, r in enumerate(recs):
+        entries = per_shard.get(int(r["index"]), [])
+        failed = [e for e in entries if e.get("retry")]
+        if failed:
+            problems.append(f"{r.get('name')}: {len(failed)} pose(s) failed to render and are missing (first: index "
+                            f"{failed[0].get('index')}: {failed[0].get('reason')}); re-run the render command "
+                            "that made this folder to render them")
+            continue
+        held = int(r.get("samples") or 0) + len(entries)
+        if isinstance(S, int) and n < len(recs) - 1 and held != S:
+            problems.append(f"{r.get('name')}: accounts for {held} of its {S} indices (samples + listed skips); "
+                            "poses are missing")
+    have = {int(r["index"]) for r in recs}
+    gaps = sorted(set(range(max(have) + 1)) - have) if have else []
+    if gaps:
+        problems.append(f"{MANIFEST_NAME}: shards {gaps[:10]}{'...' if len(gaps) > 10 else ''} are missing from the "
+                        "sequence (a run that did not finish, or a cluster job not run yet); re-run the command "
+                        "that made this folder")
+    return problems
+
+
 def check_schema(sample: MultiViewSample, manifest_source: str | None) -> list[str]:
     """Schema rules beyond what decode enforces (source-dependent members)."""
     problems = []
@@ -227,9 +264,16 @@ def verify_dir(directory: str | Path, samples: int | None = None, thresholds: gc
     directory = Path(directory)
     th, cfg = thresholds or gc.Thresholds(), cfg or gc.ConsistencyConfig()
     report = VerifyReport(directory=str(directory), thresholds=asdict(th), config=asdict(cfg))
+    if directory.is_dir() and not (directory / MANIFEST_NAME).exists():
+        found = list_shards(directory)
+        if found:
+            raise ShardError(f"{directory / MANIFEST_NAME} not found, but the folder holds {len(found)} finished "
+                             "shard(s): re-running the render command that made them (same --out) rebuilds it from "
+                             "their sidecars and renders only what is missing; then verify again")
     manifest = read_manifest(directory)             # ShardError: the caller decides (exit 2)
     report.source = manifest.get("source")
     shard_results, report.problems = check_shard_files(directory, manifest)
+    report.problems += check_completeness(manifest)
     report.shards = shard_results
     for sh in shard_results:
         report.problems.extend(sh["problems"])
@@ -346,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"override a pass/fail limit; names: {', '.join(asdict(gc.Thresholds()))}")
     p.add_argument("--points-per-view", type=int, default=gc.ConsistencyConfig.points_per_view,
                    help="pixels back-projected per view (more = slower, less noisy)")
+    p.add_argument("--iou-band-px", type=int, default=gc.ConsistencyConfig.iou_band_px,
+                   help="mask IoUs forgive disagreement within this many pixels of the outline (0 = plain IoU)")
     p.add_argument("--no-mesh-iou", action="store_true", help="skip the alpha-vs-body-mesh IoU")
     p.add_argument("--schema-only", action="store_true", help="checksums and schema only, no geometry (fast)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -360,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = gc.ConsistencyConfig(points_per_view=args.points_per_view)
+    if args.iou_band_px < 0:
+        print(f"error: --iou-band-px must be >= 0, got {args.iou_band_px}", file=sys.stderr)
+        return 2
+    cfg = gc.ConsistencyConfig(points_per_view=args.points_per_view, iou_band_px=args.iou_band_px)
     try:
         report = verify_dir(args.directory, args.samples, th, cfg, mesh_iou=not args.no_mesh_iou,
                             progress=not args.quiet, geometry=not args.schema_only)
