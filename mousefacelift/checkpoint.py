@@ -6,8 +6,10 @@ so exactly the numpy globals that rebuild such an array are admitted to the
 ``weights_only=True`` unpickler, and nothing else: a checkpoint from elsewhere can at worst
 fail to load, never run code.
 
-Written to a temporary name in the same folder, flushed and renamed, so a crash never leaves
-a half-written ``last.pt``.
+Written to a temporary name in the same folder, fsynced and renamed (then the folder fsynced),
+so a crash never leaves a half-written ``last.pt``; the temporary files a killed writer leaves
+behind (``last.pt.tmp-<host>-<pid>``) are removed by the next save into that folder, or by
+:func:`clean_checkpoint_dir` at a run's start, once their process is gone.
 
 The model a checkpoint holds is described by its ``config.model`` mapping, whose ``type``
 names the architecture in :data:`mousefacelift.models.MODELS`; :func:`model_config_of`
@@ -25,8 +27,10 @@ import torch
 from numpy.core.multiarray import _reconstruct
 
 from .shards.atomic import atomic_file
+from .shards.layout import clean_stale_tmp
 
-__all__ = ["LAST", "CheckpointError", "save_checkpoint", "load_checkpoint", "model_config_of"]
+__all__ = ["LAST", "CheckpointError", "UnreadableCheckpoint", "clean_checkpoint_dir", "save_checkpoint",
+           "load_checkpoint", "model_config_of"]
 
 LAST = "last.pt"
 
@@ -39,10 +43,22 @@ class CheckpointError(FileNotFoundError):
     """A checkpoint that was asked for and is not there (never a silent fresh start)."""
 
 
+class UnreadableCheckpoint(ValueError):
+    """A file that is not a checkpoint of tensors and plain values (corrupt, or carrying pickled
+    objects or code): refused, never run."""
+
+
+def clean_checkpoint_dir(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of checkpoint writers that died (killed mid-save)."""
+    return clean_stale_tmp(folder)
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write ``state`` atomically (temporary file in the same folder, fsync, os.replace)."""
+    """Write ``state`` atomically (temporary file in the same folder, file fsync, os.replace,
+    folder fsync), after removing what killed writers left in that folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_checkpoint_dir(path.parent)
     with atomic_file(path) as f:
         torch.save(state, f)
     return path
@@ -50,7 +66,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
     """Load a checkpoint onto the CPU; a missing path is a :class:`CheckpointError` naming
-    ``what`` it was for, a file that is not a checkpoint a ValueError naming the file."""
+    ``what`` it was for, a file that is not a checkpoint (or that carries pickled objects or
+    code, which are never executed) an :class:`UnreadableCheckpoint` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what}: checkpoint {path} does not exist (refusing to start from scratch; "
@@ -60,14 +77,24 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
         text = str(e)
-        marker = "WeightsUnpickler error:"
-        reason = text.split(marker, 1)[1] if marker in text else text
-        reason = reason.strip().split(". ")[0].splitlines()[0] if reason.strip() else type(e).__name__
-        raise ValueError(f"{what}: {path} is not a readable checkpoint (tensors and plain values only): "
-                         f"{reason}") from None
+        raise UnreadableCheckpoint(f"{what}: {path} refused: expected a checkpoint of tensors and plain values "
+                                   f"(loaded weights-only, nothing in it is executed); {_load_failure(e)}") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{what}: {path} holds a {type(state).__name__}, expected a checkpoint dict")
+        raise UnreadableCheckpoint(f"{what}: {path} holds a {type(state).__name__}, expected a checkpoint dict")
     return state
+
+
+def _load_failure(e: BaseException) -> str:
+    """The one informative line of a failed weights-only load (which global was refused)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln:
+            return "it holds pickled objects: " + ln.rstrip(".")
+    return "unreadable: " + (lines[0].split(". ")[0] if lines else type(e).__name__).rstrip(".")
 
 
 def model_config_of(state: dict[str, Any], where: str) -> dict[str, Any]:

@@ -72,9 +72,13 @@ def test_missing_checkpoints_are_errors(tmp_path, shard_root):
         Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", f"init_from={tmp_path}/nope.pt"))
     with pytest.raises(CheckpointError, match="resume=true"):
         Trainer(tiny_cfg(tmp_path, shard_root, "phase=pretrain", "resume=true"))
-    # phase=synthetic starts from the pretrain output by default: absent -> error, not a fresh start
+    # phase=synthetic starts from the pretrain output when it exists; absent, from fresh weights (logged) ...
+    assert Trainer(tiny_cfg(tmp_path, shard_root, "phase=synthetic")).step == 0
+    # ... but a path given by the user that does not exist is an error, and so is phase=real's required start
     with pytest.raises(CheckpointError, match="init_from of phase synthetic"):
-        Trainer(tiny_cfg(tmp_path, shard_root, "phase=synthetic"))
+        Trainer(tiny_cfg(tmp_path, shard_root, "phase=synthetic", f"init_from={tmp_path}/pretrain/other.pt"))
+    with pytest.raises(CheckpointError, match="init_from of phase real"):
+        Trainer(tiny_cfg(tmp_path, shard_root, "phase=real", f"data.shards={shard_root / 'mouse'}"))
 
 
 def test_nonfinite_and_spike_steps_are_skipped(tmp_path, shard_root):

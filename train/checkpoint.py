@@ -4,9 +4,11 @@ Reading and writing checkpoint files is :mod:`mousefacelift.checkpoint` (atomic,
 what goes into one is train/trainer.py's ``state_dict``: model, optimiser, scheduler, step,
 data-stream positions, skip counters and grad-norm history for an exact ``resume=true``,
 plus the resolved config, the git revision and data manifest hashes for a reader to trust it.
+Where a phase starts (:func:`missing_default_init`) is decided here too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -42,3 +44,16 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def missing_default_init(cfg, phase: str) -> bool:
+    """True (and one log line saying so) when ``init_from`` is the phase's default starting point
+    ``init_default`` and that file does not exist yet: the phase then starts from fresh weights.
+    A path the user gave (anything else) that does not exist stays an error, at loading."""
+    init, default = cfg.get("init_from"), cfg.get("init_default")
+    if not init or not default or str(init) != str(default) or Path(str(init)).is_file():
+        return False
+    logging.getLogger("train.trainer").info(
+        "phase %s starts from freshly initialised weights: its default starting point %s (init_default) does not "
+        "exist yet; run the previous phase first, or set init_from=PATH", phase, init)
+    return True

@@ -3,8 +3,8 @@
 Per optimiser step: ``grad_accum`` micro-batches (DDP gradient sync only on the last), bf16
 autocast on CUDA, then one decision taken identically on every rank (the loss flag is
 all-reduced and the gradient norm is computed after DDP's all-reduce): a step whose loss or
-gradient is not finite, or whose gradient norm exceeds ``spike_factor`` x the running median
-of recent accepted steps, is skipped (no optimiser update) and counted. Otherwise gradients
+gradient is not finite, or whose gradient norm is a spike (train/spikes.py), is skipped (no
+optimiser update) and counted. Otherwise gradients
 are clipped to ``grad_clip`` and AdamW steps.
 
 Randomness inside a step is seeded from (seed, rank, step), and the data stream is a pure
@@ -22,23 +22,23 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mousefacelift.checkpoint import LAST, load_checkpoint, model_config_of, save_checkpoint
+from mousefacelift.checkpoint import LAST, clean_checkpoint_dir, load_checkpoint, model_config_of, save_checkpoint
 from mousefacelift.shards import manifest_record
 
 from . import checkpoint as ckpt
-from .data import data_config, eval_examples, make_train_loader, to_device
+from .data import data_config, eval_examples, example_config, make_train_loader, prepare_data, to_device
 from .ema import EMA
 from .schedule import build_optimizer, build_scheduler
 from .settings import TrainerSettings
+from .spikes import SpikeFilter
 from .tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,11 @@ class Trainer:
         self.phase = self.settings.phase
         self.steps = self.loop.steps
         self.accum = self.loop.grad_accum
+        # data resolved before anything is written: a missing set fails (or, optional, is logged) here, and
+        # eval.shards null holds a slice of the training shards out for evaluation (train/data.py)
+        self.train_sets, eval_shards = prepare_data(self.data, self.settings.eval.shards, self.loop.eval_every)
+        if eval_shards is not self.settings.eval.shards:
+            self.settings = replace(self.settings, eval=replace(self.settings.eval, shards=eval_shards))
         prec = str(cfg.precision)
         if prec not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision is {prec!r}, expected auto, bf16 or fp32")
@@ -110,22 +115,22 @@ class Trainer:
         self.step = 0
         self.consumed_batches = 0
         self.stream_positions: dict[int, int] = {}
-        self.counters = {"skipped_nonfinite": 0, "skipped_spike": 0, "corrupt_samples": 0, "view_fallbacks": 0,
-                         "samples": 0}
-        self.grad_history: deque[float] = deque(maxlen=self.loop.skip.history)
+        self.counters = {"skipped_nonfinite": 0, "skipped_spike": 0, "corrupt_samples": 0, "corrupt_shards": 0,
+                         "view_fallbacks": 0, "samples": 0}
+        self.spikes = SpikeFilter(self.loop.skip)
         resume_state = None
         if bool(cfg.resume):
             resume_state = load_checkpoint(self.ckpt_dir / LAST, what=f"resume=true in {self.out_dir}")
             self._check_model_type(resume_state, self.ckpt_dir / LAST)
             self.model.load_state_dict(resume_state["model"])
             log.info("resuming %s from step %d", self.out_dir, resume_state["step"])
-        elif cfg.get("init_from"):
+        elif cfg.get("init_from") and not ckpt.missing_default_init(cfg, self.phase.name):
             init = load_checkpoint(str(cfg.init_from), what=f"init_from of phase {self.phase.name}")
             self._check_model_type(init, cfg.init_from)
             missing, unexpected = self.model.load_state_dict(init["model"], strict=self.phase.init_strict)
             log.info("phase %s initialised from %s (step %s of phase %s); missing=%d unexpected=%d",
                      self.phase.name, cfg.init_from, init.get("step"), init.get("phase"), len(missing), len(unexpected))
-        else:
+        elif not cfg.get("init_from"):
             log.info("phase %s starts from freshly initialised weights (init_from is null)", self.phase.name)
 
         self.frozen = apply_freeze(self.model, self.phase.freeze_patterns())
@@ -140,16 +145,40 @@ class Trainer:
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.rank == 0:
+            clean_checkpoint_dir(self.ckpt_dir)     # what a save killed mid-write left behind
+        self._log_setup()
+        self.start_step = self.step
         self.writer = None
         if self.rank == 0 and self.loop.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
         self.eval_set = None
+        self.eval_history: list[dict] = []      # every evaluation of this invocation: the learning curve
         vs = self.data.view_sampling
         log.info("task %s; view sampling: policy=%s, %d views (%d inputs), min input separation %.0f deg, max "
                  "target distance %.0f deg; backgrounds %s; augmentation %s", self.task.name, vs.policy,
                  vs.num_views, vs.num_input_views, vs.min_input_separation_deg, vs.max_target_distance_deg,
                  list(self.data.backgrounds), "on" if self.data.augment.enabled else "off")
+
+    def _log_setup(self) -> None:
+        """Where and at what size this run trains, so that a slow start (a large model or
+        resolution on the CPU) is stated before the first step, whose time fit() logs."""
+        h, w = example_config(self.data).resolution
+        params = sum(p.numel() for p in self.model.parameters())
+        vs = self.data.view_sampling
+        where = str(self.device) if self.device.type != "cpu" else f"cpu ({torch.get_num_threads()} threads)"
+        log.info("device %s, precision %s, resolution %dx%d, model %s (%s) with %.2fM parameters, %d views per "
+                 "sample (%d inputs), batch %d x %d rank(s), %d steps", where, "bf16" if self.autocast else "fp32",
+                 h, w, self.cfg.model.get("type"), self.cfg.model.get("name"), params / 1e6, vs.num_views,
+                 vs.num_input_views, self.data.batch_size, self.world, self.steps)
+        if self.device.type == "cpu" and h * w > 32 * 32:
+            log.warning("training on the CPU at %dx%d: a step may take minutes; for a quick try use "
+                        "data.resolution=32 train.steps=20 (or a GPU)", h, w)
+
+    def _log_first_step(self, seconds: float, steps: int) -> None:
+        log.info("first step took %.1f s: about %s for the %d steps of this run at that pace",
+                 seconds, _duration(seconds * steps), steps)
 
     def _check_model_type(self, state: dict, path) -> None:
         """A checkpoint's weights only fit a model of the same type (``model.type``)."""
@@ -173,7 +202,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(), "consumed_batches": self.consumed_batches,
             "stream_positions": self._gather_positions(), "world_size": self.world,
-            "counters": dict(self.counters), "grad_history": list(self.grad_history),
+            "counters": dict(self.counters), "grad_history": self.spikes.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "git_revision": ckpt.git_revision(),
             "data_manifests": self._manifests(),
         }
@@ -199,7 +228,7 @@ class Trainer:
                         self.world, st.get("world_size"))
         self.stream_positions = dict(st["stream_positions"].get(self.rank, {}))
         self.counters.update(st["counters"])
-        self.grad_history.extend(st["grad_history"])
+        self.spikes.load_state_dict(st["grad_history"])
         if self.ema is not None:
             if "ema" in st:
                 self.ema.load_state_dict(st["ema"])
@@ -223,6 +252,10 @@ class Trainer:
 
     def _note_batch(self, batch: dict) -> None:
         for rec in batch.get("corrupt", []):
+            if rec.get("key") is None:      # a shard that could not be read (truncated, sha256 mismatch, HTTP 4xx)
+                self.counters["corrupt_shards"] += 1
+                log.warning("unreadable shard counted (%s): %s", rec.get("shard"), rec.get("reason"))
+                continue
             self.counters["corrupt_samples"] += 1
             log.warning("corrupt sample counted (shard %s, key %s): %s", rec.get("shard"), rec.get("key"),
                         rec.get("reason"))
@@ -258,20 +291,13 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.loop.grad_clip))
-        skip = None
-        if flag.item() > 0 or not math.isfinite(grad_norm):
-            skip = "nonfinite"
-        elif len(self.grad_history) >= self.loop.skip.min_history:
-            med = float(np.median(self.grad_history))
-            if grad_norm > self.loop.skip.spike_factor * med:
-                skip = "spike"
+        skip = self.spikes.decide(grad_norm, loss_finite=flag.item() == 0)
         if skip:
             self.counters[f"skipped_{skip}"] += 1
             self.optimizer.zero_grad(set_to_none=True)
             log.warning("step %d skipped (%s): loss flag %s, grad norm %.4g", self.step, skip, flag.item() > 0, grad_norm)
         else:
             self.optimizer.step()
-            self.grad_history.append(grad_norm)
             if self.ema is not None:
                 self.ema.update(self.model, self.step)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -284,7 +310,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg, t, name = self.cfg, self.loop, self.phase.name
         loader = make_train_loader(self.data, int(cfg.seed), resume_positions=self.stream_positions,
-                                   consumed_batches=self.consumed_batches)
+                                   consumed_batches=self.consumed_batches, sets=self.train_sets)
         it = iter(loader)
         if self.step >= self.steps:
             log.info("phase %s already at step %d of %d: nothing to do", name, self.step, self.steps)
@@ -295,8 +321,13 @@ class Trainer:
         stop_at = self.steps
         if t.stop_after_steps is not None:
             stop_at = min(self.steps, self.step + int(t.stop_after_steps))
+        if t.eval_every > 0 and self.step == 0 and stop_at > 0:
+            last_metrics = self.run_eval() or last_metrics       # step 0: what "untrained" scores
+        started, first_step = time.time(), self.step
         while self.step < stop_at:
             res = self.train_step(it)
+            if self.step == first_step + 1 and self.rank == 0:
+                self._log_first_step(time.time() - started, stop_at - first_step)
             bar.update(1)
             if self.rank == 0 and (self.step % t.log_every == 0 or self.step == self.steps):
                 dt = max(time.time() - t0, 1e-9)
@@ -308,6 +339,9 @@ class Trainer:
                 self._log_images(res["batch"], res["prediction"], "train")
             if t.eval_every > 0 and (self.step % t.eval_every == 0 or self.step == self.steps):
                 last_metrics = self.run_eval() or last_metrics
+                if last_metrics.get("health/dead") and self.settings.eval.stop_when_dead:
+                    log.error("phase %s stopped at step %d: the model is dead (eval.stop_when_dead)", name, self.step)
+                    stop_at = self.step
             if self.step % t.ckpt_every == 0 or self.step == stop_at:
                 self.save()
         bar.close()
@@ -316,7 +350,7 @@ class Trainer:
         summary = {"phase": name, "step": self.step, **self.counters, **last_metrics}
         log.info("phase %s finished at step %d: %s", name, self.step,
                  {k: v for k, v in summary.items() if k not in ("phase", "step")})
-        return summary
+        return {**summary, "eval_history": list(self.eval_history)}
 
     def _log_scalars(self, res: dict, sps: float) -> None:
         skipped = self.counters["skipped_nonfinite"] + self.counters["skipped_spike"]
@@ -324,6 +358,7 @@ class Trainer:
         scal.update({"train/grad_norm": res["grad_norm"], "train/lr": res["lr"], "train/samples_per_s": sps,
                      "train/skip_rate": skipped / max(1, self.step),
                      "data/corrupt_samples": self.counters["corrupt_samples"],
+                     "data/corrupt_shards": self.counters["corrupt_shards"],
                      "data/view_fallback_rate": self.counters["view_fallbacks"] / max(1, self.counters["samples"])})
         log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in scal.items()))
         if self.writer is not None:
@@ -346,6 +381,7 @@ class Trainer:
                 metrics, panel = self.task.evaluate(self.model, self.eval_set, self.device, self.autocast, ecfg)
         finally:
             self.model.train()
+        self.eval_history.append({"step": self.step, **metrics})
         if self.rank == 0:
             log.info("eval step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             if self.writer is not None:
@@ -359,3 +395,37 @@ class Trainer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            if self.step == self.start_step:
+                _remove_empty_event_files(Path(self.writer.log_dir))
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _remove_empty_event_files(folder: Path) -> None:
+    """Delete TensorBoard event files holding no event beyond their header (a run that failed
+    before its first step), and the folder when that leaves it empty."""
+    for f in folder.glob("events.out.tfevents.*"):
+        if _tfrecord_count(f) <= 1:
+            f.unlink(missing_ok=True)
+            log.info("removed %s: the run logged nothing", f)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _tfrecord_count(path: Path) -> int:
+    """Records in a TFRecord file (8-byte length, 4-byte CRC, data, 4-byte CRC each)."""
+    n = 0
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(12)
+            if len(head) < 12:
+                return n
+            f.seek(int.from_bytes(head[:8], "little") + 4, os.SEEK_CUR)
+            n += 1
