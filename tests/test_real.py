@@ -7,6 +7,7 @@ import pytest
 
 from mousefacelift.cameras import Camera, look_at
 from mousefacelift.config import load_typed, load_yaml
+from mousefacelift.framing import box_corners, framed_intrinsics
 from mousefacelift.imaging import pinhole, pixels_to_normalized, resample_view
 from mousefacelift.shards import MultiViewSample
 from synth.real.calibration import Calibration, load_calibration, save_calibration
@@ -14,7 +15,7 @@ from synth.real.fake_capture import FakeCaptureConfig
 from synth.real.ingest import ingest
 from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
 from synth.real.normalize import (NormalizeConfig, Normalization, build_real_sample, estimate_normalization,
-                                  mask_is_cut, normalize_frame_set, rotation_to_z, triangulate)
+                                  mask_is_cut, normalize_frame_set, rotation_between, rotation_to_z, triangulate)
 
 NORMALIZE = load_typed(NormalizeConfig, "real", "ingest", key="normalize")
 MASKS = load_typed(MaskConfig, "real", "ingest", key="masks")
@@ -31,12 +32,31 @@ def _ring_cams(n=6, radius=300.0, size=(160, 128), dist=None, center=(20.0, -10.
     return cams
 
 
-def _ellipsoid_masks(cams, center, radii, samples=200_000, seed=0):
-    """Silhouettes of an axis-aligned ellipsoid (dense surface points splatted)."""
+def _ellipsoid_points(center, radii, samples=200_000, seed=0):
+    """Points filling an axis-aligned ellipsoid."""
     rng = np.random.default_rng(seed)
     d = rng.normal(size=(samples, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    pts = np.asarray(center) + d * radii * rng.random((samples, 1)) ** (1 / 3)
+    return np.asarray(center) + d * radii * rng.random((samples, 1)) ** (1 / 3)
+
+
+def _tail_points(root, direction, length, radius, samples=40_000, seed=1):
+    """Points filling a thin cylinder (a tail) from ``root`` along ``direction``."""
+    rng = np.random.default_rng(seed)
+    d = np.asarray(direction, float) / np.linalg.norm(direction)
+    a = np.cross(d, [0, 0, 1.0]) if abs(d[2]) < 0.9 else np.cross(d, [1.0, 0, 0])
+    a /= np.linalg.norm(a)
+    b = np.cross(d, a)
+    phi, r = rng.uniform(0, 2 * np.pi, samples), radius * np.sqrt(rng.random(samples))
+    return (np.asarray(root) + rng.uniform(0, length, (samples, 1)) * d
+            + (r * np.cos(phi))[:, None] * a + (r * np.sin(phi))[:, None] * b)
+
+
+def _ellipsoid_masks(cams, center, radii, samples=200_000, seed=0, extra_points=None):
+    """Silhouettes of an axis-aligned ellipsoid (and ``extra_points``), volume points splatted."""
+    pts = _ellipsoid_points(center, radii, samples, seed)
+    if extra_points is not None:
+        pts = np.concatenate([pts, extra_points])
     masks = []
     for c in cams:
         uv, _ = c.project(pts)
@@ -98,6 +118,15 @@ def test_rotation_to_z():
         R = rotation_to_z(np.array(up, float))
         assert np.allclose(R @ (np.array(up) / np.linalg.norm(up)), [0, 0, 1])
         assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1)
+    for a, b in (([1, 0, 0], [0, 1, 0]), ([1, 2, 3], [-3, 0.5, 1]), ([1, 0, 0], [-1, 0, 0]),
+                 ([0.2, 0.1, 1], [0.2, 0.1, 1])):
+        a, b = np.array(a, float), np.array(b, float)
+        R = rotation_between(a, b)
+        assert np.allclose(R @ a / np.linalg.norm(a), b / np.linalg.norm(b))
+        assert np.allclose(R @ R.T, np.eye(3)) and np.isclose(np.linalg.det(R), 1)
+        axis = np.cross(a, b)
+        if np.linalg.norm(axis) > 1e-9:
+            assert np.allclose(R @ axis, axis)        # the smallest rotation: about a x b
 
 
 def test_normalization_keeps_projection_and_distance_ratios():
@@ -133,13 +162,35 @@ def test_estimate_normalization_from_ellipsoid_hull():
     cfg = replace(NORMALIZE, hull_box_mm=200)
     norm, diag = estimate_normalization(cams, masks, np.array([0, 0, 1.0]), cfg)
     assert np.linalg.norm(norm.center_mm - center) < 3.0                     # mm
-    truth = radii.max() / cfg.cube_fit
+    truth = radii.max() / cfg.fill                                           # body box half-extent -> fill
     assert truth * 0.97 < norm.mm_per_unit < truth * 1.12                    # conservative hull, few %
+    lo, hi = np.asarray(diag["body_box"])
+    assert np.allclose(-lo, hi) and np.isclose(hi.max(), cfg.fill)          # centred, longest half-extent = fill
     cfg_len = replace(cfg, body_length_mm=90.0)
     norm2, diag2 = estimate_normalization(cams, masks, np.array([0, 0, 1.0]), cfg_len)
-    assert np.isclose(norm2.mm_per_unit, 45.0 / cfg.cube_fit) and diag2["scale_method"] == "body_length"
+    assert np.isclose(norm2.mm_per_unit, 45.0 / cfg.fill) and diag2["scale_method"] == "body_length"
     with pytest.raises(ValueError, match="only 0 views"):
         estimate_normalization(cams, [np.zeros_like(m) for m in masks], np.array([0, 0, 1.0]), cfg)
+
+
+def test_a_long_thin_tail_does_not_change_centre_or_scale():
+    """The framing rule: the body without the tail sets centre and scale, also from masks alone."""
+    center, radii = np.array([20.0, -10.0, 15.0]), np.array([45.0, 15.0, 12.0])
+    cams = _ring_cams(size=(240, 200))
+    up = np.array([0, 0, 1.0])
+    tail = _tail_points(center + [40.0, 0, -3.0], [1.0, 0.3, -0.1], length=80.0, radius=1.5)
+    cfg = replace(NORMALIZE, hull_box_mm=300)
+    plain = _ellipsoid_masks(cams, center, radii)
+    tailed = _ellipsoid_masks(cams, center, radii, extra_points=tail)
+    assert not any(mask_is_cut(m, cfg.edge_margin_px) for m in tailed)
+    ref, dref = estimate_normalization(cams, plain, up, cfg)
+    norm, diag = estimate_normalization(cams, tailed, up, cfg)
+    assert diag["hull_extent_mm"][0] > 1.5 * dref["hull_extent_mm"][0]      # the tail is in the hull ...
+    assert abs(norm.mm_per_unit / ref.mm_per_unit - 1) < 0.04               # ... but not in the scale
+    assert np.linalg.norm(norm.center_mm - ref.center_mm) < 3.0             # mm, nor in the centre
+    assert np.linalg.norm(norm.center_mm - center) < 3.0
+    assert diag["hull_box"][1][0] > 1.2                                      # the tail reaches far beyond the body box
+    assert np.isclose(max(np.abs(diag["body_box"]).max(0)), cfg.fill)
 
 
 # -- crop / resize / undistort keep images and cameras in sync ---------------------------------
@@ -217,13 +268,47 @@ def test_normalize_frame_set_outputs_consistent_views():
     dec = MultiViewSample.decode(sample.encode())
     assert dec.depth is None and dec.meta["source"] == "real" and dec.rgba.shape == (6, 48, 48, 4)
     for v, cam in zip(dec.rgba, dec.cameras):
-        # the ellipsoid centre lands near the middle of every crop; its alpha fills about `fill`
+        # the ellipsoid centre lands at the middle of every view; its alpha stays inside the body
+        # box's projection (view_fill of the side), less for views along the long axis
         uv, _ = cam.project(norm.points_to_norm(center[None]))
-        assert np.all(np.abs(uv[0] - 24) < 6)
+        assert np.all(np.abs(uv[0] - 24) < 2)
         ys, xs = np.nonzero(v[..., 3] > 127)
-        assert 0.6 < max(np.ptp(xs), np.ptp(ys)) / 48 < 0.95
+        assert 0.25 < (max(np.ptp(xs), np.ptp(ys)) + 1) / 48 <= NORMALIZE.view_fill + 2 / 48
     with pytest.raises(ValueError, match="calibration says 160x128"):
         normalize_frame_set([f[:100] for f in frames], masks, cams, np.array([0, 0, 1.0]), NORMALIZE)
+
+
+def test_ingested_views_frame_the_body_like_a_render():
+    """Each view is a virtual camera at the captured one's centre looking at the body centre,
+    principal point centred, the body box reaching view_fill of the half-image: the K a
+    render would get there (framing.framed_intrinsics)."""
+    center, radii = np.array([20.0, -10.0, 15.0]), np.array([45.0, 15.0, 12.0])
+    cams = _ring_cams(dist=np.array([-0.08, 0.03, 0.001, 0.0, 0.0]))
+    skew_shift = np.array([[0, -2.0, 30.0], [0, 0, -20.0], [0, 0, 0]])          # skewed, off-centre principal point
+    cams = [replace(c, K=c.K + skew_shift) for c in cams]
+    masks = _ellipsoid_masks(cams, center, radii)
+    frames = [np.where(m[..., None], 200, 40).astype(np.uint8).repeat(3, -1) for m in masks]
+    S = 64
+    cfg = replace(NORMALIZE, size=S, hull_box_mm=200)
+    views, norm, diag = normalize_frame_set(frames, masks, cams, np.array([0, 0, 1.0]), cfg)
+    lo, hi = np.asarray(diag["body_box"])
+    by_name = {c.name: c for c in cams}
+    assert len(views) == 6
+    for v in views:
+        c, src = v.camera, norm.camera(by_name[v.camera.name])
+        assert c.dist is None and np.allclose(c.K[:2, 2], S / 2) and np.isclose(c.fx, c.fy) and c.K[0, 1] == 0
+        assert np.allclose(c.center, src.center)                               # a rotation, no parallax
+        uv, _ = c.project(np.zeros((1, 3)))
+        assert np.allclose(uv, S / 2)                                          # body centre on the optical axis
+        uv, _ = c.project(box_corners(lo, hi))
+        assert np.isclose(np.abs(uv - S / 2).max() / (S / 2), cfg.view_fill)   # body box reaches view_fill
+        assert np.allclose(c.K, framed_intrinsics(c.w2c, lo, hi, cfg.view_fill, S))
+        rot = np.asarray(v.warp["rotation_from_capture"])
+        assert np.allclose(rot @ src.w2c[:3, :3], c.w2c[:3, :3])
+        # the image follows: the ellipsoid's alpha sits at the centre, inside the box's projection
+        ys, xs = np.nonzero(v.rgba[..., 3] > 127)
+        assert np.all(np.abs([xs.mean() + 0.5 - S / 2, ys.mean() + 0.5 - S / 2]) < 1.5)
+        assert max(np.ptp(xs), np.ptp(ys)) + 1 <= cfg.view_fill * S + 2
 
 
 def _shifted(cam: Camera, dx: float) -> Camera:

@@ -15,7 +15,9 @@ real DANNCE 6-camera rig by default, optionally downscaled for CI). Per camera a
 Written out: ``frames/{camera}/NNNNNN.png``, ``masks/{camera}/NNNNNN.png`` (the true
 silhouettes), ``calibration.json`` (OpenCV layout, mm) and ``truth.json`` +
 ``truth_vertices.npy`` / ``truth_faces.npy`` (mouse mesh per frame in mm), which
-:func:`check_round_trip` compares against what ``synth.ingest_real`` recovered.
+:func:`check_round_trip` compares against what ``synth.ingest_real`` recovered. The truth
+normalisation follows the framing rule ingest follows (:mod:`mousefacelift.framing`): the
+box of the mesh WITHOUT THE TAIL (known here per vertex) sets centre and scale.
 
     python -m synth.fake_capture --calib label3d_dannce.mat --out OUT --downscale 4
 """
@@ -34,6 +36,7 @@ from scipy import ndimage
 
 from mousefacelift.cameras import Camera
 from mousefacelift.config import ConfigError, load_typed
+from mousefacelift.framing import body_box, normalization
 from mousefacelift.imaging import pinhole, pixels_to_normalized
 from mousefacelift.scene import AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for
 from mousefacelift.shards import atomic_write_bytes, atomic_write_json
@@ -63,7 +66,7 @@ class FakeCaptureConfig:
     canvas_pad: float
     fur_color: tuple[float, float, float]
     skin_color: tuple[float, float, float]
-    cube_fit: float
+    fill: float
 
     def __post_init__(self):
         if self.renderer not in ("blender", "raster"):
@@ -93,12 +96,15 @@ def mouse_track(model, cfg: FakeCaptureConfig) -> list[np.ndarray]:
     return out
 
 
-def truth_normalization(verts_mm: np.ndarray, up: np.ndarray, cube_fit: float) -> Normalization:
-    """The normalisation ingest should recover: box centre and largest half-extent of the mesh."""
+def truth_normalization(verts_mm: np.ndarray, up: np.ndarray, fill: float,
+                        keep: np.ndarray | None = None) -> tuple[Normalization, np.ndarray, np.ndarray]:
+    """The normalisation ingest should recover, by the framing rule: the box (in the up-aligned
+    frame) of the vertices where ``keep`` is true (the body without the tail) centred, its
+    longest half-extent = ``fill``. Also returns that body box in mm, up-aligned frame."""
     R = rotation_to_z(up)
-    vr = verts_mm @ R.T
-    lo, hi = vr.min(0), vr.max(0)
-    return Normalization(center_mm=((lo + hi) / 2) @ R, mm_per_unit=float((hi - lo).max() / 2 / cube_fit), up_rotation=R)
+    lo, hi = body_box(verts_mm @ R.T, keep)
+    centre, scale = normalization(lo, hi, fill)
+    return Normalization(center_mm=centre @ R, mm_per_unit=1 / scale, up_rotation=R), lo, hi
 
 
 def _materials(model, cfg: FakeCaptureConfig) -> dict[str, MaterialSpec]:
@@ -220,6 +226,7 @@ def distort_into(image: np.ndarray, pin: Camera, real: Camera) -> np.ndarray:
 def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCaptureConfig) -> dict:
     """Write the fake recording (see module docstring) and return its truth."""
     from mousefacelift.body import load_body_model
+    from synth.mouse.compose import body_keep
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +234,7 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
     if cfg.downscale > 1:
         cams_mm = [c.resized(c.width // cfg.downscale, c.height // cfg.downscale) for c in cams_mm]
     model = load_body_model("procedural")
+    keep = body_keep(model)
     track = mouse_track(model, cfg)
     rng = np.random.default_rng(cfg.seed + 1)
     backgrounds = [arena_background(c, cfg, rng) for c in cams_mm]
@@ -241,7 +249,7 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
     truths = []
     try:
         for k, verts_mm in enumerate(track):
-            tn = truth_normalization(verts_mm, calibration.up, cfg.cube_fit)
+            tn, blo, bhi = truth_normalization(verts_mm, calibration.up, cfg.fill, keep)
             verts_n = tn.points_to_norm(verts_mm)
             pins = []
             for c in cams_mm:
@@ -255,7 +263,8 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
                 comp += rng.normal(0, cfg.noise_sigma, size=comp.shape)
                 frames[cam.name].append(np.clip(np.rint(comp), 0, 255).astype(np.uint8))
                 masks[cam.name].append(((a[..., 0] > 0.5) * 255).astype(np.uint8))
-            truths.append({"frame": k, "center_mm": tn.center_mm.tolist(), "mm_per_unit": tn.mm_per_unit})
+            truths.append({"frame": k, "center_mm": tn.center_mm.tolist(), "mm_per_unit": tn.mm_per_unit,
+                           "fill": cfg.fill, "body_box_mm": [blo.tolist(), bhi.tolist()]})
             log.info("fake frame %d/%d rendered (%s)", k + 1, len(track), cfg.renderer)
     finally:
         if renderer is not None:
@@ -284,12 +293,14 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], thresholds=None) -> dict:
     """Compare ingested samples with the truth of a fake capture.
 
-    Per frame: origin error (mm), scale error (%), camera reprojection error (px: truth mesh
-    points through the original calibrated camera, then undistorted and mapped through the
-    recorded crop, versus the same points through the ingested camera), alpha/silhouette IoU
-    against the truth mesh rasterised with the ingested cameras, and ``synth.verify``'s
-    cross-view check on the sample with the truth depth rendered for the same crops
-    (``thresholds``: a ``synth.tools.geometry_checks.Thresholds``, default verify's own).
+    Per frame: origin error (mm, against the truth body-box centre), scale error (%, against
+    the truth body box at the ``fill`` the ingest recorded), camera reprojection error (px:
+    truth mesh points through the original calibrated camera, then undistorted, turned by the
+    recorded rotation into the virtual camera and projected with its K, versus the same points
+    through the ingested camera), alpha/silhouette IoU against the truth mesh rasterised with
+    the ingested cameras, and ``synth.verify``'s cross-view check on the sample with the truth
+    depth rendered for the same views (``thresholds``: a
+    ``synth.tools.geometry_checks.Thresholds``, default verify's own).
     """
     from mousefacelift.meshraster import rasterize
     from mousefacelift.shards import MultiViewSample, iter_shard, list_shards
@@ -316,13 +327,12 @@ def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], 
                 pts_mm = verts_mm[:: max(1, len(verts_mm) // 500)]
                 reproj, ious, depth = [], [], []
                 verts_n = est.points_to_norm(verts_mm)
-                for cam, crop, rgba in zip(s.cameras, s.meta["crops"], s.rgba):
+                for cam, warp, rgba in zip(s.cameras, s.meta["warps"], s.rgba):
                     orig = cams_mm[cam.name]
                     uv_d, _ = orig.project(pts_mm)
-                    pin = pinhole(orig)
-                    uv_p = pixels_to_normalized(orig, uv_d) @ pin.K[:2, :2].T + pin.K[:2, 2]
-                    scale = cam.width / crop["side"]
-                    uv_expect = (uv_p - [crop["x0"], crop["y0"]]) * scale
+                    xn = pixels_to_normalized(orig, uv_d)
+                    ray = np.concatenate([xn, np.ones((len(xn), 1))], 1) @ np.asarray(warp["rotation_from_capture"]).T
+                    uv_expect = ray[:, :2] / ray[:, 2:] @ cam.K[:2, :2].T + cam.K[:2, 2]
                     uv_got, _ = cam.project(est.points_to_norm(pts_mm))
                     reproj.append(float(np.median(np.linalg.norm(uv_got - uv_expect, axis=1))))
                     z, _, m = rasterize(verts_n, faces, cam.K, cam.w2c, cam.width, cam.height)
@@ -332,9 +342,14 @@ def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], 
                 with_depth = replace(s, depth=np.stack(depth))
                 res = SampleResult(key=s.key, shard=str(shard))
                 check_geometry(with_depth, res, thresholds or gc.Thresholds(), gc.ConsistencyConfig(), mesh_iou=False)
+                if "fill" not in t or "fill" not in nm:
+                    raise ValueError(f"{cap}: the truth or sample {s.key} has no 'fill' (made before the body-box "
+                                     "framing rule); make the capture and its ingest again")
+                # like with like: the truth scale at the fill this ingest used
+                truth_mpu = float(t["mm_per_unit"]) * float(t["fill"]) / float(nm["fill"])
                 rows.append({"key": s.key, "frame": k,
                              "origin_err_mm": float(np.linalg.norm(est.center_mm - np.asarray(t["center_mm"]))),
-                             "scale_err_pct": 100.0 * (est.mm_per_unit / t["mm_per_unit"] - 1.0),
+                             "scale_err_pct": 100.0 * (est.mm_per_unit / truth_mpu - 1.0),
                              "camera_reproj_px": max(reproj), "alpha_iou_min": float(min(ious)),
                              "verify_problems": list(res.problems),
                              "verify_reproj_px_median": (res.consistency or {}).get("reproj_px_median"),

@@ -5,14 +5,20 @@ Per frame set (one frame from every camera, with masks):
 1. mask centroids, undistorted, are triangulated (linear least squares, DLT) to a first
    mouse centre;
 2. a visual hull of the masks (coarse voxel grid around that centre, then a finer one
-   around the coarse hull) gives the mouse's extent; its box centre becomes the world
-   origin and its largest half-extent (or a known body length) the scale, so the mouse
-   fits the [-1, 1]^3 cube. One uniform scale per sample: distance ratios are kept;
+   around the coarse hull) gives the mouse's volume; the framing rule of every source
+   (:mod:`mousefacelift.framing`, docs/architecture.md §3) then sets the world from the BODY
+   WITHOUT THE TAIL: the hull is opened so that its thin parts (the tail) fall away
+   (:func:`body_voxels`), the box of what remains is centred at the origin and its longest
+   half-extent (or half a known body length) becomes ``fill`` — the renders' value, so world
+   units are body lengths in both. One uniform scale per sample: distance ratios are kept;
 3. every camera is re-expressed in that frame, with the original world up mapped to +Z
    (for DANNCE the arena floor normal is already +Z);
-4. each view is undistorted, cropped around the mouse so it fills ``fill`` of the frame and
-   resized to ``size`` in ONE resampling (supersampled, then box-filtered) by
-   :mod:`mousefacelift.imaging`, so images and intrinsics cannot drift apart.
+4. each view becomes a virtual camera at the same centre, turned to look at the body centre
+   (a rotation homography), principal point at the image centre and focal length such that
+   the projected body box reaches ``view_fill`` of the half-image, as in a render
+   (:func:`framed_view`); the image is undistorted, rotated and resized into it in ONE
+   resampling (supersampled, then box-filtered) by :mod:`mousefacelift.imaging`, so images
+   and intrinsics cannot drift apart.
 
 A view whose mask touches the sensor border (the mouse ran off that camera) abstains in the
 hull beyond its frame and is left out of the sample (``views_dropped`` names it and why); a
@@ -29,7 +35,8 @@ import numpy as np
 from scipy import ndimage
 
 from mousefacelift.cameras import Camera
-from mousefacelift.imaging import crop_box, mask_pixels, pinhole, pixels_to_normalized, resample_view
+from mousefacelift.framing import framed_intrinsics, normalization
+from mousefacelift.imaging import mask_pixels, pinhole, pixels_to_normalized, resample_view
 from mousefacelift.scene import depth_range_for
 from mousefacelift.shards import SCHEMA, MultiViewSample
 
@@ -40,7 +47,8 @@ class NormalizeConfig:
 
     size: int
     fill: float
-    cube_fit: float
+    view_fill: float
+    body_radius_fraction: float
     body_length_mm: float | None
     hull_box_mm: float
     hull_grid: int
@@ -84,17 +92,28 @@ class Normalization:
                 "formula": "world = up_rotation @ (world_mm - center_mm) / mm_per_unit"}
 
 
-def rotation_to_z(up: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking ``up`` onto +Z (identity when it already is)."""
-    u = np.asarray(up, dtype=np.float64)
-    u = u / np.linalg.norm(u)
-    z = np.array([0.0, 0.0, 1.0])
-    v = np.cross(u, z)
-    c = float(u @ z)
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking direction ``a`` onto direction ``b`` (about a x b);
+    for opposite directions, the half turn about the x axis (y when a is along x)."""
+    u = np.asarray(a, dtype=np.float64)
+    w = np.asarray(b, dtype=np.float64)
+    u, w = u / np.linalg.norm(u), w / np.linalg.norm(w)
+    v = np.cross(u, w)
+    c = float(u @ w)
     if np.linalg.norm(v) < 1e-12:
-        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+        if c > 0:
+            return np.eye(3)
+        axis = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
+        axis = axis - (axis @ u) * u
+        axis /= np.linalg.norm(axis)
+        return 2 * np.outer(axis, axis) - np.eye(3)
     vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
     return np.eye(3) + vx + vx @ vx * (1 / (1 + c))
+
+
+def rotation_to_z(up: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking ``up`` onto +Z (identity when it already is)."""
+    return rotation_between(up, np.array([0.0, 0.0, 1.0]))
 
 
 def triangulate(cameras: Sequence[Camera], uv: np.ndarray) -> np.ndarray:
@@ -163,8 +182,8 @@ def mask_is_cut(mask: np.ndarray, margin_px: int) -> bool:
 
 
 def visual_hull(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], center_mm: np.ndarray,
-                cfg: NormalizeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Box (lo, hi) of the masks' visual hull in mm, and its occupied voxel centres.
+                cfg: NormalizeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Box (lo, hi) of the masks' visual hull in mm, its occupied voxel centres and the voxel size.
 
     A pass over ``hull_box_mm`` around the centre, then ``hull_passes - 1`` finer passes, each
     over the previous hull's box grown by one voxel. The box of the kept voxels contains the
@@ -186,7 +205,38 @@ def visual_hull(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], center_m
             break
         pts, vox = new, nvox
         lo, hi = pts.min(0) - vox, pts.max(0) + vox
-    return pts.min(0) - vox / 2, pts.max(0) + vox / 2, pts
+    return pts.min(0) - vox / 2, pts.max(0) + vox / 2, pts, vox
+
+
+def body_voxels(pts: np.ndarray, vox: np.ndarray, radius_fraction: float) -> np.ndarray:
+    """The hull voxels of the body without the tail.
+
+    The hull is opened (eroded, then dilated back) with a ball of ``radius_fraction`` of its
+    largest inscribed radius (the body's half-thickness), and the largest connected part is
+    kept: the tail, thinner than that ball, vanishes with any thin carving leftover, while the
+    body's ends, rounder than it, stay. Scale-free, so it holds for any mouse size and units.
+    A percentile box of the voxels (:func:`mousefacelift.framing.robust_box`) does not: the
+    hull of a tail is inflated by the voxel slack and holds ~5 % of the voxels, all beyond one
+    end of the body, so a 2 % box still reached into it (scale +14 to +29 %, centre 10-18 mm
+    off on the fake DANNCE capture) while trimming the body's other end.
+    ``pts``: voxel centres on one regular grid of spacing ``vox``."""
+    if not 0 <= radius_fraction < 1:
+        raise ValueError(f"normalize.body_radius_fraction must lie in [0, 1), got {radius_fraction}")
+    if radius_fraction == 0 or len(pts) < 2:
+        return pts
+    idx = np.rint((pts - pts.min(0)) / vox).astype(np.int64) + 1      # one empty voxel of padding per side
+    occ = np.zeros(idx.max(0) + 2, dtype=bool)
+    occ[tuple(idx.T)] = True
+    depth = ndimage.distance_transform_edt(occ, sampling=vox)          # mm to the nearest empty voxel
+    r = radius_fraction * float(depth.max())
+    core = depth > r
+    opened = ndimage.distance_transform_edt(~core, sampling=vox) <= r
+    labels, n = ndimage.label(opened)
+    if n > 1:
+        sizes = ndimage.sum_labels(opened, labels, index=np.arange(1, n + 1))
+        opened = labels == 1 + int(np.argmax(sizes))
+    keep = opened[tuple(idx.T)]
+    return pts[keep]
 
 
 def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], up: np.ndarray,
@@ -209,32 +259,61 @@ def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray
     resid = [float(np.linalg.norm(pc.project(c0[None])[0][0] - c)) for pc, c in zip(pcams, cents)]
     R_up = rotation_to_z(up)
     # The hull uses every view (a view with an empty mask rightly carves everything away).
-    lo, hi, pts = visual_hull(cams_mm, masks, c0, cfg)
-    # Box in the up-aligned frame (the hull box is axis-aligned in the original frame; re-box after rotating).
-    ptsr = (pts - c0) @ R_up.T
-    vox = (hi - lo) / max(cfg.hull_grid, 1)
-    lo_r, hi_r = ptsr.min(0) - np.abs(R_up) @ vox / 2, ptsr.max(0) + np.abs(R_up) @ vox / 2
-    center = c0 + ((lo_r + hi_r) / 2) @ R_up
-    half_extent = float((hi_r - lo_r).max()) / 2
+    _, _, pts, vox = visual_hull(cams_mm, masks, c0, cfg)
+    body = body_voxels(pts, vox, cfg.body_radius_fraction)
+    half_vox = np.abs(R_up) @ vox / 2
+
+    def up_box(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # boxes in the up-aligned frame (the voxel grid is axis-aligned in the original one)
+        q = (p - c0) @ R_up.T
+        return q.min(0) - half_vox, q.max(0) + half_vox
+
+    hull_lo, hull_hi = up_box(pts)
+    body_lo, body_hi = up_box(body)
+    centre_r, scale = normalization(body_lo, body_hi, cfg.fill)
+    method = "visual_hull_body"
     if cfg.body_length_mm:
-        mm_per_unit = float(cfg.body_length_mm) / 2 / cfg.cube_fit
+        scale = 2 * cfg.fill / float(cfg.body_length_mm)
         method = "body_length"
-    else:
-        mm_per_unit = half_extent / cfg.cube_fit
-        method = "visual_hull"
-    norm = Normalization(center_mm=center, mm_per_unit=mm_per_unit, up_rotation=R_up)
-    diag = {"triangulated_center_mm": c0.tolist(), "centroid_residual_px": [round(r, 3) for r in resid],
-            "views_used_for_centre": usable, "hull_extent_mm": (hi_r - lo_r).tolist(), "hull_voxels": int(len(pts)),
-            "scale_method": method, "cube_fit": cfg.cube_fit,
-            "hull_half_extent": ((hi_r - lo_r) / 2 / mm_per_unit).tolist()}
+    norm = Normalization(center_mm=c0 + centre_r @ R_up, mm_per_unit=1 / scale, up_rotation=R_up)
+    world = lambda b: ((b - centre_r) * scale).tolist()   # noqa: E731
+    diag = {"rule": "body box without the tail (visual hull opened by normalize.body_radius_fraction of its "
+                    "thickness): centred, longest half-extent = normalize.fill",
+            "fill": cfg.fill, "view_fill": cfg.view_fill, "body_box": [world(body_lo), world(body_hi)],
+            "hull_box": [world(hull_lo), world(hull_hi)], "scale_method": method,
+            "triangulated_center_mm": c0.tolist(), "centroid_residual_px": [round(r, 3) for r in resid],
+            "views_used_for_centre": usable, "body_extent_mm": (body_hi - body_lo).tolist(),
+            "hull_extent_mm": (hull_hi - hull_lo).tolist(), "hull_voxels": int(len(pts)), "body_voxels": int(len(body))}
     return norm, diag
 
 
 @dataclass
 class RealView:
     rgba: np.ndarray       # uint8 [S,S,4]
-    camera: Camera         # normalised world, ideal pinhole, cropped + resized
-    crop: dict             # {x0, y0, side} in the undistorted full-frame pixel grid
+    camera: Camera         # normalised world, ideal pinhole, framed on the body (framed_view)
+    warp: dict             # {rotation_from_capture, valid_fraction}: the homography's rotation
+
+
+def framed_view(src: Camera, lo: np.ndarray, hi: np.ndarray, view_fill: float, size: int) -> Camera:
+    """The virtual camera a captured view becomes, framed like a render.
+
+    Same centre as ``src`` (so the captured pixels map into it by a rotation homography, no
+    parallax), turned by the smallest rotation that puts the body-box centre (the world
+    origin) on its optical axis, with square pixels, the principal point at the image centre
+    and the focal length at which the body box [lo, hi] reaches ``view_fill`` of the
+    half-image (:func:`mousefacelift.framing.framed_intrinsics`). The smallest rotation adds
+    no roll of its own and stays closest to the captured view, so the least of the output
+    falls outside the sensor."""
+    R, C = src.w2c[:3, :3], src.center
+    to_body = -C / np.linalg.norm(C)
+    if float(R[2] @ to_body) <= 0:
+        raise ValueError(f"camera {src.name!r}: the mouse lies behind the camera (calibration or masks wrong?)")
+    Rv = R @ rotation_between(R[2], to_body).T          # camera axes turned with the optical axis
+    w2c = np.eye(4)
+    w2c[:3, :3] = Rv
+    w2c[:3, 3] = -Rv @ C
+    K = framed_intrinsics(w2c, lo, hi, view_fill, size, size)
+    return replace(src, K=K, w2c=w2c, width=size, height=size, dist=None, depth_range=None)
 
 
 def dropped_views(masks: Sequence[np.ndarray], cams: Sequence[Camera], cfg: NormalizeConfig) -> dict[str, str]:
@@ -267,34 +346,33 @@ def normalize_frame_set(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray
                          f"{cfg.min_views}); dropped: " + ", ".join(f"{k} ({v})" for k, v in dropped.items()))
     norm, diag = estimate_normalization(cams_mm, masks, up, cfg)
     diag["views_dropped"] = dropped
+    body_lo, body_hi = (np.asarray(b) for b in diag["body_box"])
     views = []
     for i, (frame, mask, cam) in enumerate(zip(frames, masks, cams_mm)):
         if cam.name in dropped:
             continue
-        ideal = norm.camera(pinhole(cam))
         src = norm.camera(cam)
-        xn = pixels_to_normalized(cam, mask_pixels(mask))
-        uv = xn @ ideal.K[:2, :2].T + ideal.K[:2, 2]
-        x0, y0, side = crop_box(uv, cfg.fill)
-        out_cam = ideal.cropped(x0, y0, side, side).resized(cfg.size, cfg.size)
+        out_cam = framed_view(src, body_lo, body_hi, cfg.view_fill, cfg.size)
         rgb, valid, (alpha,) = resample_view(frame[..., :3], src, out_cam, cfg.supersample, extra=[mask])
         a = np.clip(alpha, 0, 1)
         if not cfg.keep_background:
             rgb = rgb * (a[..., None] > 0)
         rgba = np.concatenate([rgb, (a * 255)[..., None]], -1)
         rgba = np.clip(np.rint(rgba), 0, 255).astype(np.uint8)
-        views.append(RealView(rgba=rgba, camera=out_cam, crop={"x0": x0, "y0": y0, "side": side,
+        rot = out_cam.w2c[:3, :3] @ src.w2c[:3, :3].T
+        views.append(RealView(rgba=rgba, camera=out_cam, warp={"rotation_from_capture": rot.tolist(),
                                                                "valid_fraction": round(float(valid.mean()), 4)}))
-    lim = np.asarray(diag["hull_half_extent"])
-    cams = depth_range_for([v.camera for v in views], -lim, lim, margin=cfg.depth_margin)
+    hull_lo, hull_hi = (np.asarray(b) for b in diag["hull_box"])
+    cams = depth_range_for([v.camera for v in views], hull_lo, hull_hi, margin=cfg.depth_margin)
     for v, c in zip(views, cams):
         v.camera = c
     return views, norm, diag
 
 
 def build_real_sample(key: str, views: Sequence[RealView], norm: Normalization, diag: dict, meta: dict) -> MultiViewSample:
-    """A ``source=real`` MultiViewSample (no depth) with the normalisation in meta."""
+    """A ``source=real`` MultiViewSample (no depth) with the normalisation in meta and, per view,
+    the rotation from the captured camera frame to the virtual one (``warps``)."""
     m = {"schema": SCHEMA, "source": "real", "mm_per_unit": float(norm.mm_per_unit),
-         "normalization": {**norm.to_meta(), **diag}, "crops": [v.crop for v in views], **meta}
+         "normalization": {**norm.to_meta(), **diag}, "warps": [v.warp for v in views], **meta}
     return MultiViewSample(key=key, meta=m, rgba=np.stack([v.rgba for v in views]),
                            cameras=[v.camera for v in views]).validate()
