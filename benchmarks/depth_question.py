@@ -16,7 +16,8 @@ Scored on held-out mice (never-seen poses, coats, lighting: render them with ano
 step 0 and every ``--eval-every`` steps: masked PSNR/SSIM, mask IoU, depth error over the true
 surface, Chamfer / on-surface share of the visible Gaussians, colour-spread ratio, and the
 held-out mean image as the baseline. Prints a table (mean and range over seeds), writes
-``results.json``, ``table.md`` and ``curves.png`` to ``--out``. Runs unchanged on a GPU at full
+``results.json``, ``table.md``, ``curves.png`` and, per run, the evaluation panel of the first
+held-out sample (``ARM_seedS_mice.png``, ``..._objects.png``) to ``--out``. Runs unchanged on a GPU at full
 scale (``--device cuda --model base --resolution 256 --steps ...``).
 
     python -m synth.render --poses 640 --quality preview --resolution 64 --rig sphere16 --out data/mouse_train
@@ -50,9 +51,14 @@ COLUMNS = [("novel/psnr", "PSNR (masked, dB)"), ("health/above_baseline_db", "vs
            ("collapse/color_spread_ratio", "colour spread")]
 
 
+def _quoted(value: str) -> str:
+    """A path as a hydra override value: quoted, so shard patterns like ``mouse-{000000..000007}.tar`` pass."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _overrides(args, arm: str, seed: int, run_root: str, steps: int, phase: str, shards: str, init: str | None):
-    return [f"phase={phase}", f"model={args.model}", f"init_from={init or 'null'}", f"seed={seed}",
-            f"run_root={run_root}", f"data.shards={shards}", f"eval.shards={args.mouse_heldout}",
+    return [f"phase={phase}", f"model={args.model}", f"init_from={_quoted(init) if init else 'null'}", f"seed={seed}",
+            f"run_root={_quoted(run_root)}", f"data.shards={_quoted(shards)}", f"eval.shards={_quoted(args.mouse_heldout)}",
             f"eval.max_samples={args.eval_samples}", f"data.resolution={args.resolution}",
             f"data.num_workers={args.workers}", f"data.batch_size={args.batch}",
             f"data.view_sampling.num_views={2 * args.inputs}", f"data.view_sampling.num_input_views={args.inputs}",
@@ -64,6 +70,9 @@ def _overrides(args, arm: str, seed: int, run_root: str, steps: int, phase: str,
 
 def run_one(args) -> dict:
     """One (arm, seed): train, score held-out mice along the way and held-out objects at the end."""
+    from omegaconf import OmegaConf
+    from PIL import Image
+
     from mousefacelift.config import compose
     from train.run import run_phase
     from train.trainer import Trainer
@@ -82,17 +91,25 @@ def run_one(args) -> dict:
     cfg = compose("train", _overrides(args, arm, seed, str(root), args.steps, "synthetic", args.mouse_train, init))
     summary = run_phase(cfg)
     result = {"arm": arm, "seed": seed, "curve": summary["eval_history"], "seconds": time.time() - t0}
-    if args.objects_heldout:      # the same final weights on held-out objects: is the 3D prior kept?
-        ocfg = compose("train", _overrides(args, arm, seed, str(root), args.steps, "synthetic", args.mouse_train,
-                                           str(root / "synthetic" / "checkpoints" / "last.pt"))
-                       + [f"eval.shards={args.objects_heldout}"])
-        from omegaconf import OmegaConf
-        OmegaConf.resolve(ocfg)
-        tr = Trainer(ocfg)
+    final = str(root / "synthetic" / "checkpoints" / "last.pt")
+    for name, shards in (("mice", args.mouse_heldout), ("objects", args.objects_heldout)):
+        if not shards:
+            continue
+        # the final weights again, for the picture (and, on held-out objects: is the 3D prior kept?)
+        ecfg = compose("train", _overrides(args, arm, seed, str(root / "final"), args.steps, "synthetic",
+                                           args.mouse_train, final) + [f"eval.shards={_quoted(shards)}"])
+        OmegaConf.resolve(ecfg)
+        tr = Trainer(ecfg)
         try:
-            result["objects"] = tr.run_eval()
+            metrics = tr.run_eval()
+            if tr.last_panel is not None:
+                panel = np.asarray(tr.last_panel, np.float32)        # rows: inputs, truth, render, depths
+                Image.fromarray((panel.clip(0, 1) * 255).round().astype(np.uint8)).save(
+                    Path(args.out) / f"{arm}_seed{seed}_{name}.png")
         finally:
             tr.close()
+        if name == "objects":
+            result["objects"] = metrics
     return result
 
 
@@ -193,9 +210,11 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="data loader workers per run")
-    ap.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: each gets cores/jobs threads)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run on CPU (default cores/jobs)")
     ap.add_argument("--override", nargs="*", default=[], help="extra train.run overrides for every run")
     ap.add_argument("--out", default="runs/depth_question")
+    ap.add_argument("--table-only", action="store_true", help="only tabulate the runs already finished in --out")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
@@ -210,7 +229,7 @@ def main(argv=None):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     jobs = [(arm, seed) for arm in args.arms for seed in args.seeds]
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs)) if args.device == "cpu" else None
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs)) if args.device == "cpu" else None
     pending, running, results = list(jobs), [], []
     t0 = time.time()
     base_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
@@ -218,8 +237,9 @@ def main(argv=None):
         while pending and len(running) < args.jobs:
             arm, seed = pending.pop(0)
             js = out / f"{arm}_seed{seed}.json"
-            if js.exists():                                    # finished earlier: re-running resumes the table
-                results.append(json.loads(js.read_text()))
+            if js.exists() or args.table_only:                 # finished earlier: re-running resumes the table
+                if js.exists():
+                    results.append(json.loads(js.read_text()))
                 continue
             env = dict(os.environ)
             if threads:

@@ -8,8 +8,9 @@ Here the BODY WITHOUT THE TAIL sets scale and centre:
   origin and its longest half-extent is ``fill`` (0.5: body length = 1 world unit, so world
   units are body lengths); the tail may reach beyond it;
 - views: a camera looks at the origin and its focal length is chosen so that the projected
-  body box spans ``view_fill`` of the image side (:func:`framed_intrinsics`); real crops are
-  cut the same way (:func:`mousefacelift.imaging.crop_box` of the projected body box).
+  body box reaches ``view_fill`` of the half-image from its centre (:func:`framed_intrinsics`);
+  real views become virtual cameras aimed at the body centre with the same intrinsics
+  (synth/real/normalize.py, where the body is the visual hull opened until the tail drops out).
 
 Camera distance is then free: rigs may place each view anywhere from the FaceLift rig's
 ~2.7 body lengths to the 3-6 body lengths of lab rigs with narrow lenses, and the mouse
@@ -21,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["box_corners", "body_box", "robust_box", "normalization", "framed_intrinsics", "sample_distances"]
+__all__ = ["box_corners", "body_box", "normalization", "framed_intrinsics", "sample_distances"]
 
 
 def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -35,14 +36,6 @@ def body_box(vertices: np.ndarray, keep: np.ndarray | None = None) -> tuple[np.n
     if keep is not None and np.asarray(keep, bool).any():
         v = v[np.asarray(keep, bool)]
     return v.min(0), v.max(0)
-
-
-def robust_box(points: np.ndarray, percentile: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
-    """Box between the ``percentile`` and ``100 - percentile`` of points sampled through a
-    volume (e.g. visual-hull voxels): a thin tail holds a few percent of a mouse's volume,
-    so it falls outside and the box is the body's, where no body-part labels exist."""
-    p = np.asarray(points, np.float64)
-    return np.percentile(p, percentile, axis=0), np.percentile(p, 100 - percentile, axis=0)
 
 
 def normalization(lo: np.ndarray, hi: np.ndarray, fill: float) -> tuple[np.ndarray, float]:

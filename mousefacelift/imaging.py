@@ -3,8 +3,9 @@
 A real camera's image has lens distortion, skew and the subject anywhere in the frame; the
 model sees ideal pinhole views with the subject centred at a fixed fill. These functions
 turn one into the other without the image and its intrinsics ever drifting apart: the
-output camera is built only through ``Camera.cropped`` / ``Camera.resized`` from the ideal
-pinhole, and the resampling maps every output pixel centre back through exactly that camera.
+output camera is built through ``Camera.cropped`` / ``Camera.resized`` from the ideal
+pinhole (or, for framed views, built by :func:`mousefacelift.framing.framed_intrinsics`), and
+the resampling maps every output pixel centre back through exactly that camera.
 They are shared by the ingest of real multi-camera recordings and by single-photo inference.
 Conventions: docs/architecture.md §3 (OpenCV camera, pixel centres at +0.5).
 """
@@ -48,15 +49,6 @@ def mask_pixels(mask: np.ndarray, max_points: int = 20000) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     step = max(1, len(xs) // max_points)
     return np.stack([xs[::step] + 0.5, ys[::step] + 0.5], -1).astype(np.float64)
-
-
-def crop_box(uv: np.ndarray, fill: float) -> tuple[int, int, int]:
-    """Integer square (x0, y0, side) centred on the points' box, the box's longer side = fill * side."""
-    lo, hi = uv.min(0), uv.max(0)
-    side = int(math.ceil(float((hi - lo).max()) / fill))
-    side = max(side, 8)
-    c = (lo + hi) / 2
-    return int(round(c[0] - side / 2)), int(round(c[1] - side / 2)), side
 
 
 def resample_view(image: np.ndarray, src_cam: Camera, out_cam: Camera, max_supersample: int = 4,

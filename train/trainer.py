@@ -155,6 +155,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step if self.step else None)
         self.eval_set = None
         self.eval_history: list[dict] = []      # every evaluation of this invocation: the learning curve
+        self.last_panel = None                  # the image panel of the latest evaluation (HWC, 0..1)
         vs = self.data.view_sampling
         log.info("task %s; view sampling: policy=%s, %d views (%d inputs), min input separation %.0f deg, max "
                  "target distance %.0f deg; backgrounds %s; augmentation %s", self.task.name, vs.policy,
@@ -382,6 +383,7 @@ class Trainer:
         finally:
             self.model.train()
         self.eval_history.append({"step": self.step, **metrics})
+        self.last_panel = panel
         if self.rank == 0:
             log.info("eval step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             if self.writer is not None:

@@ -215,7 +215,7 @@ def body_voxels(pts: np.ndarray, vox: np.ndarray, radius_fraction: float) -> np.
     largest inscribed radius (the body's half-thickness), and the largest connected part is
     kept: the tail, thinner than that ball, vanishes with any thin carving leftover, while the
     body's ends, rounder than it, stay. Scale-free, so it holds for any mouse size and units.
-    A percentile box of the voxels (:func:`mousefacelift.framing.robust_box`) does not: the
+    A percentile box of the voxels does not: the
     hull of a tail is inflated by the voxel slack and holds ~5 % of the voxels, all beyond one
     end of the body, so a 2 % box still reached into it (scale +14 to +29 %, centre 10-18 mm
     off on the fake DANNCE capture) while trimming the body's other end.
