@@ -10,9 +10,9 @@ configs/phase/*.yaml):
   instead carries straight colours, :func:`composite_target` does the compositing);
 - ``alpha``: rendered coverage vs the mask (L1, or BCE);
 - ``depth``: :func:`rendered_depth_loss`, wherever the TRUTH has surface (depth > 0, samples
-  with ``has_depth``): the composited depth ``Σ wᵢzᵢ + (1-α)·z_far`` (an uncovered pixel reads
-  as far background) against the true planar depth, as a relative Charbonnier error, so a
-  transparent cloud is still pulled to the surface and near and far cameras weigh alike;
+  with ``has_depth``) and the render has any coverage (alpha > ``depth_min_alpha``, 0.01): the
+  alpha-normalised expected depth against the true planar depth, as a relative Charbonnier
+  error, so a faint cloud is still pulled to the surface and near and far cameras weigh alike;
 - ``pointmap``: :func:`pointmap_depth_loss`, each pixel-aligned Gaussian's depth in its input
   camera vs the input pixel's true depth (relative error; batch ``input_depth``; 0 = unknown,
   e.g. augmented views); needs ``gaussians``;
@@ -58,7 +58,7 @@ class LossConfig:
     depth_weight: float
     depth_loss: str                  # "charbonnier" or "l1", on the relative depth error
     depth_eps: float                 # relative error where the Charbonnier turns from quadratic to linear
-    depth_far_factor: float          # an uncovered pixel reads as depth far_factor x the camera's distance
+    depth_min_alpha: float           # rendered depth is scored where the render's alpha exceeds this
     pointmap_weight: float           # each input pixel's Gaussian vs that pixel's depth (needs input_depth)
     pixel_alpha_weight: float        # each input pixel's Gaussian opacity vs that pixel's alpha
     input_mask_threshold: float      # input pixels with alpha above this are foreground (point map)
@@ -80,9 +80,9 @@ class LossConfig:
             raise ValueError(f"LossConfig.alpha_loss must be 'l1' or 'bce', got {self.alpha_loss!r}")
         if self.depth_loss not in ("charbonnier", "l1"):
             raise ValueError(f"LossConfig.depth_loss must be 'charbonnier' or 'l1', got {self.depth_loss!r}")
-        if not self.depth_eps > 0 or not self.depth_far_factor > 1:
-            raise ValueError(f"LossConfig: need depth_eps > 0 and depth_far_factor > 1, got {self.depth_eps} and "
-                             f"{self.depth_far_factor}")
+        if not self.depth_eps > 0 or not 0 <= self.depth_min_alpha < 1:
+            raise ValueError(f"LossConfig: need depth_eps > 0 and 0 <= depth_min_alpha < 1, got {self.depth_eps} "
+                             f"and {self.depth_min_alpha}")
         if self.perceptual_weight > 0 and not self.perceptual_weights:
             raise ValueError("LossConfig: perceptual_weight > 0 needs perceptual_weights, the path of a local "
                              "torchvision-layout VGG16 state dict (weights are never downloaded); "
@@ -177,28 +177,26 @@ def _robust(rel: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
     return rel.abs().mean()
 
 
-def rendered_depth_loss(render_out, depth: torch.Tensor, c2w: torch.Tensor, has_depth: torch.Tensor | None,
-                        kind: str = "charbonnier", eps: float = 0.01, far_factor: float = 2.0) -> torch.Tensor:
-    """Relative robust error of the composited depth where the truth has surface.
+def rendered_depth_loss(render_out, depth: torch.Tensor, has_depth: torch.Tensor | None, kind: str = "charbonnier",
+                        eps: float = 0.01, min_alpha: float = 0.01) -> torch.Tensor:
+    """Relative robust error of the alpha-normalised rendered depth wherever the truth has
+    surface and the render has any coverage at all (alpha > ``min_alpha``).
 
-    Why this form: the alpha-normalised depth is undefined where the render is transparent,
-    so a term masked to opaque pixels vanishes exactly when a run goes transparent. The
-    composited depth ``Σ wᵢzᵢ + (1-α)·z_far`` (``z_far`` = ``far_factor`` x the camera's distance
-    to the origin) is defined everywhere: a missing surface reads as far background, and the
-    gradient raises the opacity of Gaussians there and pulls them to the true depth. Dividing
-    by the true depth keeps cameras at 2 and at 6 body lengths on one scale.
+    Why this form: masking to OPAQUE pixels (alpha > 0.5) made the term vanish exactly when a
+    run went transparent; here a faint cloud (alpha 0.02) is still pulled to the surface
+    (the normalised depth's gradient to each Gaussian's depth is its weight / alpha, not its
+    weight). It is not composited with a far background: that would push coverage up wherever
+    the truth has surface, which the alpha terms already do, and measured it doubled the
+    predicted coverage (docs/benchmarks.md, the depth question). Dividing by the true depth
+    keeps cameras at 2 and at 6 body lengths on one scale.
     """
-    valid = depth > 0
+    valid = (depth > 0) & (render_out.alpha.detach() > min_alpha)
     if has_depth is not None:
         valid = valid & has_depth.to(torch.bool).reshape(-1, *([1] * (depth.ndim - 1)))
     if not bool(valid.any()):
         return render_out.depth.sum() * 0.0        # keeps the graph (DDP) with no contribution
-    alpha = render_out.alpha
-    dist = c2w[..., :3, 3].norm(dim=-1).to(alpha.dtype)                   # [B,V]
-    z_far = (far_factor * dist)[..., None, None, None]
-    composited = render_out.depth * alpha + (1 - alpha) * z_far
-    true = depth.to(alpha.dtype)
-    rel = (composited - true)[valid] / true[valid]
+    true = depth.to(render_out.depth.dtype)
+    rel = (render_out.depth - true)[valid] / true[valid]
     return _robust(rel, kind, eps)
 
 
@@ -255,8 +253,8 @@ def compute_losses(render_out, batch: Mapping[str, Any], cfg: LossConfig, step: 
         parts["alpha"] = a
         total = total + cfg.alpha_weight * a
     if cfg.depth_weight > 0 and batch.get("depth") is not None:
-        d = rendered_depth_loss(render_out, batch["depth"], batch["c2w"], batch.get("has_depth"), cfg.depth_loss,
-                                cfg.depth_eps, cfg.depth_far_factor)
+        d = rendered_depth_loss(render_out, batch["depth"], batch.get("has_depth"), cfg.depth_loss, cfg.depth_eps,
+                                cfg.depth_min_alpha)
         parts["depth"] = d
         total = total + cfg.depth_weight * d
     if cfg.pointmap_weight > 0 and gaussians is not None and "input_depth" in batch:
