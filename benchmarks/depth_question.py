@@ -102,6 +102,8 @@ def run_one(args) -> dict:
         tr = Trainer(ecfg)
         try:
             metrics = tr.run_eval()
+            if name == "mice":
+                result["coat"] = coat_luma(tr)
             if tr.last_panel is not None:
                 panel = np.asarray(tr.last_panel, np.float32)        # rows: inputs, truth, render, depths
                 Image.fromarray((panel.clip(0, 1) * 255).round().astype(np.uint8)).save(
@@ -111,6 +113,62 @@ def run_one(args) -> dict:
         if name == "objects":
             result["objects"] = metrics
     return result
+
+
+def coat_luma(trainer) -> dict[str, list[float]]:
+    """Mean luminance inside the true mask of each held-out sample's novel views, truth and
+    prediction: does a black mouse come out dark and a white one light, or all grey?"""
+    import torch
+
+    from train.evaluate import eval_batches
+
+    task, nin, out = trainer.task, trainer.task.num_inputs, {"true": [], "pred": []}
+    w = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
+    trainer.model.eval()
+    with torch.no_grad():
+        for batch in eval_batches(task, trainer.eval_set, 1, trainer.device):
+            pred = task.forward(trainer.model, batch).render.rgb[0, nin:].cpu()
+            true, mask = batch["rgb"][0, nin:].cpu(), batch["alpha"][0, nin:].cpu() > 0.5
+            if int(mask.sum()) == 0:
+                continue
+            m = mask.expand(-1, 1, -1, -1)[:, 0]
+            out["true"].append(float((true * w).sum(1)[m].mean()))
+            out["pred"].append(float((pred * w).sum(1)[m].mean()))
+    return out
+
+
+def rescore_coat(args, arm: str, seed: int) -> dict[str, list[float]]:
+    """:func:`coat_luma` of a finished run's final checkpoint (runs tabulated before it existed)."""
+    from omegaconf import OmegaConf
+
+    from mousefacelift.config import compose
+    from train.trainer import Trainer
+
+    root = Path(args.out) / f"{arm}_seed{seed}"
+    cfg = compose("train", _overrides(args, arm, seed, str(root / "final"), args.steps, "synthetic", args.mouse_train,
+                                      str(root / "synthetic" / "checkpoints" / "last.pt")))
+    OmegaConf.resolve(cfg)
+    tr = Trainer(cfg)
+    try:
+        from train.data import eval_examples
+        tr.eval_set = eval_examples(tr.settings.eval.shards, tr.data, int(cfg.seed), max_samples=args.eval_samples)
+        return coat_luma(tr)
+    finally:
+        tr.close()
+
+
+def coat_summary(coat: dict | None) -> dict[str, float]:
+    """Pearson r of predicted vs true coat luminance, and the predicted luminance of the darkest
+    and lightest thirds of the held-out mice (by true luminance) beside their truth."""
+    if not coat or len(coat["true"]) < 3:
+        return {}
+    t, p = np.asarray(coat["true"]), np.asarray(coat["pred"])
+    order = np.argsort(t)
+    k = max(1, len(t) // 3)
+    dark, light = order[:k], order[-k:]
+    r = float(np.corrcoef(t, p)[0, 1]) if t.std() > 0 and p.std() > 0 else float("nan")
+    return {"coat/r": r, "coat/dark_true": float(t[dark].mean()), "coat/dark_pred": float(p[dark].mean()),
+            "coat/light_true": float(t[light].mean()), "coat/light_pred": float(p[light].mean())}
 
 
 def _fmt(values: list[float]) -> str:
@@ -186,7 +244,8 @@ def draw_curves(results: list[dict], path: Path, keys=(("novel/psnr", "novel mas
             if len(xy) > 1:
                 d.line(xy, fill=col, width=2)
     for i, arm in enumerate(arms):
-        d.text((10 + 110 * i, H + 20), f"— {arm}", fill=palette[i % len(palette)])
+        d.line([10 + 110 * i, H + 27, 30 + 110 * i, H + 27], fill=palette[i % len(palette)], width=3)
+        d.text((34 + 110 * i, H + 20), arm, fill="black")
     img.save(path)
 
 
@@ -262,6 +321,10 @@ def main(argv=None):
             results.append(json.loads(js.read_text()))
             logging.info("finished %s seed %d in %.0f s", arm, seed, results[-1]["seconds"])
     results.sort(key=lambda r: (args.arms.index(r["arm"]), r["seed"]))
+    for r in results:
+        if "coat" not in r and (out / f"{r['arm']}_seed{r['seed']}" / "synthetic" / "checkpoints" / "last.pt").exists():
+            r["coat"] = rescore_coat(args, r["arm"], r["seed"])
+            (out / f"{r['arm']}_seed{r['seed']}.json").write_text(json.dumps(r, default=float))
     if not results:
         print("error: no run finished", file=sys.stderr)
         return 1
@@ -271,6 +334,16 @@ def main(argv=None):
     lines += baseline_lines(results) + [""]
     lines += table(results, "held-out mice, novel views, step 0 (untrained)", lambda r: r["curve"][0] if r["curve"] else None)
     lines += [""] + table(results, "held-out mice, novel views, final", lambda r: r["curve"][-1] if r["curve"] else None)
+    lines += ["", "**coat colour, held-out mice (mean luminance inside the true mask, novel views, final)**", "",
+              "| arm | r (pred vs true) | darkest third: true / pred | lightest third: true / pred |",
+              "| --- | ---: | ---: | ---: |"]
+    for arm in dict.fromkeys(r["arm"] for r in results):
+        cs = [coat_summary(r.get("coat")) for r in results if r["arm"] == arm]
+        cs = [c for c in cs if c]
+        if cs:
+            g = lambda k: _fmt([c[k] for c in cs])      # noqa: E731
+            lines.append(f"| {arm} | {g('coat/r')} | {g('coat/dark_true')} / {g('coat/dark_pred')} | "
+                         f"{g('coat/light_true')} / {g('coat/light_pred')} |")
     if any("objects" in r for r in results):
         lines += [""] + table(results, "held-out objects, novel views, final weights", lambda r: r.get("objects"))
     text = "\n".join(lines)
