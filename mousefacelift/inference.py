@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS
+from .cameras import DEFAULT_FOV_DEG
 from .checkpoint import load_checkpoint, model_config_of
 from .gaussians import Gaussians
 from .models import build_model
 from .models.facelift_ckpt import load_facelift_checkpoint
 from .splat import RenderOutput, render
-from .turntable import turntable_cameras, write_video
+from .turntable import TURNTABLE_RADIUS, turntable_cameras, write_video
 
 __all__ = ["Prediction", "load_model", "reconstruct", "render_views", "predict", "turntable_frames",
            "save_turntable", "export"]
@@ -98,7 +98,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, K: torch.Tensor, c2w: 
 
 @torch.no_grad()
 def turntable_frames(gaussians: Gaussians, frames: int = 60, size: int = 256, elevation_deg: float = 15.0,
-                     radius: float = DEFAULT_RADIUS, fov_deg: float = DEFAULT_FOV_DEG, background=(1.0, 1.0, 1.0),
+                     radius: float = TURNTABLE_RADIUS, fov_deg: float = DEFAULT_FOV_DEG, background=(1.0, 1.0, 1.0),
                      index: int = 0, views_per_batch: int = 8, backend: str = "auto") -> np.ndarray:
     """uint8 frames [F,H,W,3] of sample ``index`` seen from ``frames`` azimuths about +Z."""
     g = gaussians[index].detach()

@@ -1,8 +1,9 @@
 """Turntables: cameras orbiting the world Z axis, and their frames written as a GIF or MP4.
 
 Why: the quickest way to judge a 360° reconstruction is to watch it spin; FaceLift ships
-the same visual. Cameras use the project rig convention (radius 2.7, 50° FOV, azimuth 0 =
-in front of the mouse's face, +X) so frames match the training views. The frames are
+the same visual. Cameras follow the project convention (50° FOV, azimuth 0 = in front of the
+mouse's face, +X) at ``TURNTABLE_RADIUS`` 4 body lengths, far enough that the whole mouse, tail
+tip included (up to ~1.7 body lengths from the body centre), stays in frame. The frames are
 rendered by :func:`mousefacelift.inference.turntable_frames`, the one render path.
 """
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cameras import DEFAULT_FOV_DEG, DEFAULT_RADIUS, orbit_cameras, stack_cameras
+from .cameras import DEFAULT_FOV_DEG, orbit_cameras, stack_cameras
 
-__all__ = ["turntable_cameras", "write_video"]
+__all__ = ["TURNTABLE_RADIUS", "turntable_cameras", "write_video"]
+
+TURNTABLE_RADIUS = 4.0     # body lengths: half the view spans 1.87 at the body centre
 
 log = logging.getLogger(__name__)
 
 
-def turntable_cameras(frames: int, size: int, elevation_deg: float = 15.0, radius: float = DEFAULT_RADIUS,
+def turntable_cameras(frames: int, size: int, elevation_deg: float = 15.0, radius: float = TURNTABLE_RADIUS,
                       fov_deg: float = DEFAULT_FOV_DEG) -> tuple[torch.Tensor, torch.Tensor]:
     """K [F,3,3] and c2w [F,4,4] of ``frames`` cameras at equal azimuth steps about +Z."""
     if frames <= 0 or size <= 0:
