@@ -131,30 +131,10 @@ def coat_luma(trainer) -> dict[str, list[float]]:
             true, mask = batch["rgb"][0, nin:].cpu(), batch["alpha"][0, nin:].cpu() > 0.5
             if int(mask.sum()) == 0:
                 continue
-            m = mask.expand(-1, 1, -1, -1)[:, 0]
+            m = mask[:, 0]
             out["true"].append(float((true * w).sum(1)[m].mean()))
             out["pred"].append(float((pred * w).sum(1)[m].mean()))
     return out
-
-
-def rescore_coat(args, arm: str, seed: int) -> dict[str, list[float]]:
-    """:func:`coat_luma` of a finished run's final checkpoint (runs tabulated before it existed)."""
-    from omegaconf import OmegaConf
-
-    from mousefacelift.config import compose
-    from train.trainer import Trainer
-
-    root = Path(args.out) / f"{arm}_seed{seed}"
-    cfg = compose("train", _overrides(args, arm, seed, str(root / "final"), args.steps, "synthetic", args.mouse_train,
-                                      str(root / "synthetic" / "checkpoints" / "last.pt")))
-    OmegaConf.resolve(cfg)
-    tr = Trainer(cfg)
-    try:
-        from train.data import eval_examples
-        tr.eval_set = eval_examples(tr.settings.eval.shards, tr.data, int(cfg.seed), max_samples=args.eval_samples)
-        return coat_luma(tr)
-    finally:
-        tr.close()
 
 
 def coat_summary(coat: dict | None) -> dict[str, float]:
@@ -321,10 +301,6 @@ def main(argv=None):
             results.append(json.loads(js.read_text()))
             logging.info("finished %s seed %d in %.0f s", arm, seed, results[-1]["seconds"])
     results.sort(key=lambda r: (args.arms.index(r["arm"]), r["seed"]))
-    for r in results:
-        if "coat" not in r and (out / f"{r['arm']}_seed{r['seed']}" / "synthetic" / "checkpoints" / "last.pt").exists():
-            r["coat"] = rescore_coat(args, r["arm"], r["seed"])
-            (out / f"{r['arm']}_seed{r['seed']}.json").write_text(json.dumps(r, default=float))
     if not results:
         print("error: no run finished", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ import numpy as np
 
 from mousefacelift.cameras import Camera
 from mousefacelift.scene import MeshSpec, SceneSpec
+from mousefacelift.shards.atomic import pid_alive
 
 from .conventions import (blender_camera_params, camera_normals, distort_views, planar_depth,
                           straight_srgb8, subject_border)
@@ -87,16 +88,6 @@ def quiet_stdout():
 TMP_PREFIX = "mfl_blender_"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # someone else's live process
-        return True
-    return True
-
-
 def clean_stale_tmpdirs(base: str | None = None) -> list[str]:
     """Remove ``mfl_blender_<pid>_*`` folders whose process is gone. A renderer killed before
     ``close()`` (SIGKILL, a crash) cannot remove its own folder, and in /dev/shm it holds RAM
@@ -111,7 +102,7 @@ def clean_stale_tmpdirs(base: str | None = None) -> list[str]:
         if not name.startswith(TMP_PREFIX):
             continue
         pid = name[len(TMP_PREFIX):].split("_", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         path = os.path.join(base, name)
         if os.path.isdir(path) and not os.path.islink(path):

@@ -9,7 +9,7 @@ fail to load, never run code.
 Written to a temporary name in the same folder, fsynced and renamed (then the folder fsynced),
 so a crash never leaves a half-written ``last.pt``; the temporary files a killed writer leaves
 behind (``last.pt.tmp-<host>-<pid>``) are removed by the next save into that folder, or by
-:func:`clean_checkpoint_dir` at a run's start, once their process is gone.
+:func:`mousefacelift.shards.clean_stale_tmp` at a run's start, once their process is gone.
 
 The model a checkpoint holds is described by its ``config.model`` mapping, whose ``type``
 names the architecture in :data:`mousefacelift.models.MODELS`; :func:`model_config_of`
@@ -29,7 +29,7 @@ from numpy.core.multiarray import _reconstruct
 from .shards.atomic import atomic_file
 from .shards.layout import clean_stale_tmp
 
-__all__ = ["LAST", "CheckpointError", "UnreadableCheckpoint", "clean_checkpoint_dir", "save_checkpoint",
+__all__ = ["LAST", "CheckpointError", "UnreadableCheckpoint", "save_checkpoint",
            "load_checkpoint", "model_config_of"]
 
 LAST = "last.pt"
@@ -48,17 +48,12 @@ class UnreadableCheckpoint(ValueError):
     objects or code): refused, never run."""
 
 
-def clean_checkpoint_dir(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files of checkpoint writers that died (killed mid-save)."""
-    return clean_stale_tmp(folder)
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write ``state`` atomically (temporary file in the same folder, file fsync, os.replace,
     folder fsync), after removing what killed writers left in that folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_checkpoint_dir(path.parent)
+    clean_stale_tmp(path.parent)
     with atomic_file(path) as f:
         torch.save(state, f)
     return path
@@ -76,7 +71,6 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[s
         with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        text = str(e)
         raise UnreadableCheckpoint(f"{what}: {path} refused: expected a checkpoint of tensors and plain values "
                                    f"(loaded weights-only, nothing in it is executed); {_load_failure(e)}") from None
     if not isinstance(state, dict):

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cameras import Camera
+from .framing import box_corners
 
 
 @dataclass
@@ -167,7 +168,7 @@ def depth_range_for(cameras: Sequence[Camera], lo: np.ndarray, hi: np.ndarray, m
     """
     from dataclasses import replace
 
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    corners = box_corners(lo, hi)
     out = []
     for c in cameras:
         z = corners @ c.w2c[2, :3] + c.w2c[2, 3]

@@ -47,8 +47,9 @@ import torch
 
 from mousefacelift.cameras import Camera
 from mousefacelift.config import ConfigError, typed
-from mousefacelift.shards import (MultiViewSample, SampleError, ShardError, ShardRejected, ShardUnavailable, iter_shard,
-                                  resolve_shards, shard_keys, sibling_shards, verify_shard)
+from mousefacelift.shards import (REMOTE_PREFIXES, MultiViewSample, SampleError, ShardError, ShardRejected,
+                                  ShardUnavailable, iter_shard, resolve_shards, shard_keys, sibling_shards,
+                                  verify_shard)
 
 from .augment import AugmentConfig, augment_inputs, composite, pick_background, resize_views
 from .views import ViewSamplingConfig, select_views
@@ -304,7 +305,7 @@ def _resolve_set(name: str, spec, optional: bool) -> list[str] | None:
         return resolve_shards(spec)
     except FileNotFoundError as e:
         missing = e
-    if isinstance(spec, (str, os.PathLike)) and not str(spec).startswith(("http://", "https://", "pipe:")):
+    if isinstance(spec, (str, os.PathLike)) and not str(spec).startswith(REMOTE_PREFIXES):
         found = sibling_shards(spec)
         if found:
             log.info("data set %r: %s does not exist; using the %d shard(s) %s-*.tar next to it", name, spec,

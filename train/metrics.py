@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mousefacelift.cameras import camera_rays
+
 __all__ = ["masked_psnr", "psnr", "ssim", "masked_ssim", "mask_iou", "depth_error", "render_metrics",
            "foreground_mask", "FOREGROUND_THRESHOLD"]
 
@@ -132,16 +134,14 @@ def render_metrics(render_out, batch: dict) -> dict:
 
 # -- geometry: are the Gaussians on the surface? -------------------------------------------------
 def surface_points(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
-    """World points [M,3] of every pixel with depth > 0 (pixel centres, planar depth) of the
-    views depth [V,1,H,W], K [V,3,3], c2w [V,4,4]: samples of the true visible surface."""
+    """World points [M,3] of every pixel with depth > 0 (planar depth along the pixel-centre
+    rays of :func:`mousefacelift.cameras.camera_rays`) of the views depth [V,1,H,W], K [V,3,3],
+    c2w [V,4,4]: samples of the true visible surface."""
     V, _, H, W = depth.shape
-    v, u = torch.meshgrid(torch.arange(H, device=depth.device) + 0.5, torch.arange(W, device=depth.device) + 0.5,
-                          indexing="ij")
-    z = depth[:, 0].float()
-    x = (u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * z
-    y = (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * z
-    cam = torch.stack([x, y, z], dim=-1)                                       # [V,H,W,3]
-    world = cam @ c2w[:, None, :3, :3].float().transpose(-1, -2) + c2w[:, None, None, :3, 3].float()
+    o, d = camera_rays(K[None].float(), c2w[None].float(), H, W)                  # [1,V,H,W,3]
+    forward = c2w[None, :, None, None, :3, 2].float()
+    z = depth[None, :, 0].float()                                                  # [1,V,H,W]
+    world = o + d * (z / (d * forward).sum(-1))[..., None]
     return world[z > 0]
 
 

@@ -30,7 +30,6 @@ from mousefacelift.shards import ShardError
 log = logging.getLogger("train.run")
 
 EXIT_BAD_INPUT = 2
-_CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "bf16", "fp32")}
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
@@ -38,29 +37,6 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, CheckpointError, UnreadableCheckpoint, ShardError, DataError, FileNotFoundError,
             pickle.UnpicklingError, ValueError)
-
-
-def check_run_keys(cfg: DictConfig) -> None:
-    """The root config's own values, which no section dataclass types: a bad one is a
-    ConfigError naming the key, the value and what was expected (``seed=abc``)."""
-    def bad(key: str, expected: str):
-        raise ConfigError(f"{key}={cfg.get(key)!r}: expected {expected}")
-
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        bad("seed", "a whole number")
-    if not isinstance(cfg.get("resume"), bool):
-        bad("resume", "true or false")
-    for key, choices in _CHOICES.items():
-        if cfg.get(key) not in choices:
-            bad(key, " | ".join(choices))
-    for key in ("init_from", "init_default"):
-        value = cfg.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            bad(key, "a checkpoint path or null")
-    for key in ("task", "out_dir"):
-        if not isinstance(cfg.get(key), str) or not cfg.get(key):
-            bad(key, "a non-empty name")
 
 
 def run_phase(cfg: DictConfig) -> dict:
@@ -72,7 +48,6 @@ def run_phase(cfg: DictConfig) -> dict:
         OmegaConf.resolve(cfg)
     except Exception as e:  # noqa: BLE001 - OmegaConf raises several types for a bad interpolation
         raise ConfigError(f"config does not resolve: {e}") from None
-    check_run_keys(cfg)
     trainer = Trainer(cfg)
     import torch.distributed as dist
     try:

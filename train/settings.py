@@ -13,6 +13,32 @@ from typing import Any
 from mousefacelift.config import ConfigError, typed
 
 
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "bf16", "fp32")}
+
+
+def check_run_keys(cfg) -> None:
+    """The root config's own values, which no section dataclass types: a bad one is a
+    ConfigError naming the key, the value and what was expected (``seed=abc``)."""
+    def bad(key: str, expected: str):
+        raise ConfigError(f"{key}={cfg.get(key)!r}: expected {expected}")
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        bad("seed", "a whole number")
+    if not isinstance(cfg.get("resume"), bool):
+        bad("resume", "true or false")
+    for key, choices in _CHOICES.items():
+        if cfg.get(key) not in choices:
+            bad(key, " | ".join(choices))
+    for key in ("init_from", "init_default"):
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            bad(key, "a checkpoint path or null")
+    for key in ("task", "out_dir"):
+        if not isinstance(cfg.get(key), str) or not cfg.get(key):
+            bad(key, "a non-empty name")
+
+
 def _positive(where: str, **values) -> None:
     for name, v in values.items():
         if not v > 0:
@@ -111,5 +137,6 @@ class TrainerSettings:
 
     @classmethod
     def of(cls, cfg) -> "TrainerSettings":
+        check_run_keys(cfg)
         return cls(loop=typed(LoopConfig, cfg.train, "train"), eval=typed(EvalConfig, cfg.eval, "eval"),
                    phase=typed(PhaseConfig, cfg.phase, "phase"), optim=typed(OptimConfig, cfg.optim, "optim"))

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from mousefacelift.checkpoint import LAST, clean_checkpoint_dir, load_checkpoint, model_config_of, save_checkpoint
-from mousefacelift.shards import manifest_record
+from mousefacelift.checkpoint import LAST, load_checkpoint, model_config_of, save_checkpoint
+from mousefacelift.shards import clean_stale_tmp, manifest_record
 
 from . import checkpoint as ckpt
 from .data import data_config, eval_examples, example_config, make_train_loader, prepare_data, to_device
@@ -105,10 +105,7 @@ class Trainer:
         self.train_sets, eval_shards = prepare_data(self.data, self.settings.eval.shards, self.loop.eval_every)
         if eval_shards is not self.settings.eval.shards:
             self.settings = replace(self.settings, eval=replace(self.settings.eval, shards=eval_shards))
-        prec = str(cfg.precision)
-        if prec not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision is {prec!r}, expected auto, bf16 or fp32")
-        self.autocast = self.device.type == "cuda" and prec in ("auto", "bf16")
+        self.autocast = self.device.type == "cuda" and str(cfg.precision) in ("auto", "bf16")   # checked by settings
         torch.manual_seed(int(cfg.seed))
         self.model = self.task.build_model().to(self.device)
 
@@ -146,7 +143,7 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.rank == 0:
-            clean_checkpoint_dir(self.ckpt_dir)     # what a save killed mid-write left behind
+            clean_stale_tmp(self.ckpt_dir)     # what a checkpoint save killed mid-write left behind
         self._log_setup()
         self.start_step = self.step
         self.writer = None

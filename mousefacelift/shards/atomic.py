@@ -30,6 +30,17 @@ def host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (someone else's live process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def tmp_name(target: Path) -> Path:
     """``NAME.tmp-<host>-<pid>``: unique per writer, and tells :func:`clean_stale_tmp` whose it is."""
     return target.with_name(f"{target.name}{TMP_MARK}{host_tag()}-{os.getpid()}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .atomic import ShardError, host_tag, unlink_quiet
+from .atomic import ShardError, host_tag, pid_alive, unlink_quiet
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +110,6 @@ def complete_shards(out_dir: str | Path, prefix: str | None = None, config_hash:
     return done
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_tmp(out_dir: str | Path, stale_after_s: float = 2 * 3600) -> list[Path]:
     """Remove temporary files of dead writers (a killed run): this host's whose process is gone,
     and other hosts' untouched for ``stale_after_s`` (a live writer appends every sample).
@@ -136,7 +126,7 @@ def clean_stale_tmp(out_dir: str | Path, stale_after_s: float = 2 * 3600) -> lis
             continue
         host, pid = m.group("host"), int(m.group("pid"))
         if host == me:
-            dead = pid != os.getpid() and not _pid_alive(pid)
+            dead = pid != os.getpid() and not pid_alive(pid)
         else:
             dead = now - p.stat().st_mtime > stale_after_s
         if dead:

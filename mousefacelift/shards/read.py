@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import braceexpand
 
 from .atomic import ShardError
-from .layout import SHARD_RE
+from .layout import SHARD_RE, list_shards
 from .manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
@@ -314,12 +314,7 @@ def sibling_shards(path: str | os.PathLike) -> list[str]:
         mine = [n for n in names if (m := SHARD_RE.match(n)) and m.group("prefix") == name]
         if mine:
             return [os.path.join(folder, n) for n in mine]
-    found = []
-    for n in os.listdir(folder):
-        m = SHARD_RE.match(n)
-        if m and m.group("prefix") == name and os.path.isfile(os.path.join(folder, n)):
-            found.append((int(m.group("index")), os.path.join(folder, n)))
-    return [p for _, p in sorted(found)]
+    return [os.path.join(folder, p.name) for p in list_shards(folder, name)]
 
 
 def shard_keys(url: str | os.PathLike) -> list[str]:
