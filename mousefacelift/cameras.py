@@ -11,13 +11,18 @@ FaceLift JSON):
 Rigs are named and composable: ``"sphere32"``, ``"facelift_ring32"``, ``"mv6"``,
 ``"zero123pp6"``, or a ``+``-joined composition such as ``"sphere26+mv6"``. A number after a
 family name sets its count (``sphere26``, ``ring16``).
+
+``"mvinput"`` (multi-view-diffusion training, configs/rig/mvinput.yaml) stands alone: view 0 is
+the INPUT from a random direction (:class:`InputViews`), views 1..N the TARGETS placed relative
+to the input azimuth by a :class:`TargetLayout` (:func:`relative_targets`, the same function the
+diffusion pipeline uses at inference, so the target cameras are known exactly there).
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -252,30 +257,185 @@ def _sphere_directions(n: int, rng: np.random.Generator, min_elevation_deg: floa
     return az, el
 
 
-_RIG_TOKEN = re.compile(r"^(sphere|facelift_ring|ring|mv|zero123pp)(\d*)$")
+# -- multi-view-diffusion rig: input view + targets relative to it ----------------------------
+@dataclass(frozen=True)
+class TargetLayout:
+    """Where the diffusion targets sit relative to the input camera: azimuth offsets about world
+    up from the input azimuth, world elevations, one fixed radius and field of view (so their
+    cameras are known exactly at inference). Values come from configs/rig/mvinput.yaml ``targets``."""
+
+    azimuth_offsets_deg: tuple[float, ...]
+    elevations_deg: tuple[float, ...]
+    radius: float
+    fov_deg: float
+
+    def __post_init__(self):
+        az = tuple(float(a) for a in self.azimuth_offsets_deg)
+        el = tuple(float(e) for e in self.elevations_deg)
+        if not az:
+            raise ValueError("targets.azimuth_offsets_deg: expected at least one target, got none")
+        if len(el) != len(az):
+            raise ValueError(f"targets.elevations_deg: expected one elevation per azimuth offset ({len(az)}), "
+                             f"got {len(el)}")
+        bad = [e for e in el if not -90.0 <= e <= 90.0]
+        if bad:
+            raise ValueError(f"targets.elevations_deg: {bad} outside [-90, 90] degrees")
+        if not all(math.isfinite(a) for a in az):
+            raise ValueError(f"targets.azimuth_offsets_deg: {list(az)} are not all finite")
+        if not float(self.radius) > math.sqrt(3):
+            raise ValueError(f"targets.radius={self.radius}: expected > sqrt(3) (cameras outside the [-1,1]^3 subject cube)")
+        if not 0.0 < float(self.fov_deg) < 180.0:
+            raise ValueError(f"targets.fov_deg={self.fov_deg}: expected a field of view in (0, 180) degrees")
+        object.__setattr__(self, "azimuth_offsets_deg", az)
+        object.__setattr__(self, "elevations_deg", el)
+        object.__setattr__(self, "radius", float(self.radius))
+        object.__setattr__(self, "fov_deg", float(self.fov_deg))
+
+    @property
+    def num_views(self) -> int:
+        return len(self.azimuth_offsets_deg)
+
+
+@dataclass(frozen=True)
+class InputViews:
+    """The input view's random direction: azimuth uniform in [0, 360); elevation a two-part
+    mixture, ``lab_share`` of draws uniform in ``lab_elevation_deg`` (lab cameras look down
+    steeply) and the rest uniform over the remainder of ``elevation_deg``, so ``lab_share`` is
+    exactly the share of inputs in the lab range. Uniform in angle, not area: top-down views
+    are not starved by the small solid angle near the pole. Values: mvinput.yaml ``input``."""
+
+    elevation_deg: tuple[float, float]
+    lab_elevation_deg: tuple[float, float]
+    lab_share: float
+
+    def __post_init__(self):
+        lo, hi = (float(x) for x in self.elevation_deg)
+        llo, lhi = (float(x) for x in self.lab_elevation_deg)
+        if not -90.0 <= lo <= hi <= 90.0:
+            raise ValueError(f"input.elevation_deg={[lo, hi]}: expected [low, high] with -90 <= low <= high <= 90")
+        if not lo <= llo <= lhi <= hi:
+            raise ValueError(f"input.lab_elevation_deg={[llo, lhi]}: expected a range inside elevation_deg {[lo, hi]}")
+        share = float(self.lab_share)
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"input.lab_share={self.lab_share}: expected a share in [0, 1]")
+        if share < 1.0 and (llo - lo) + (hi - lhi) <= 0.0:
+            raise ValueError(f"input.lab_share={share}: the lab range {[llo, lhi]} covers all of elevation_deg "
+                             f"{[lo, hi]}, so the share outside it must be 0 (set lab_share: 1.0)")
+        object.__setattr__(self, "elevation_deg", (lo, hi))
+        object.__setattr__(self, "lab_elevation_deg", (llo, lhi))
+        object.__setattr__(self, "lab_share", share)
+
+    def sample(self, rng: np.random.Generator) -> tuple[float, float]:
+        """(azimuth_deg, elevation_deg) of one input view; always three draws from ``rng``."""
+        lo, hi = self.elevation_deg
+        llo, lhi = self.lab_elevation_deg
+        az = float(rng.uniform(0.0, 360.0))
+        pick, u = float(rng.uniform()), float(rng.uniform())
+        if pick < self.lab_share:
+            el = llo + u * (lhi - llo)
+        else:   # uniform over [lo, llo) + (lhi, hi], the parts of the range outside the lab range
+            below = llo - lo
+            x = u * (below + (hi - lhi))
+            el = lo + x if x < below else lhi + (x - below)
+        return az, el
+
+
+def orbit_w2c(azimuth_deg: float, elevation_deg: float, radius: float) -> np.ndarray:
+    """World-to-camera of a camera on the sphere looking at the origin, image up along increasing
+    elevation: identical to ``look_at`` with world up, and still defined by the azimuth at the
+    poles (a top-down input keeps its in-plane rotation)."""
+    az, el = math.radians(float(azimuth_deg)), math.radians(float(elevation_deg))
+    up = (-math.sin(el) * math.cos(az), -math.sin(el) * math.sin(az), math.cos(el))
+    return look_at(spherical_to_position(azimuth_deg, elevation_deg, radius), up=up)
+
+
+def orbit_angles(camera: Camera) -> tuple[float, float, float]:
+    """(azimuth_deg in [0, 360), elevation_deg, distance) of a camera looking at the origin. The
+    azimuth is read from the image's right axis, (-sin az, cos az, 0) for :func:`orbit_w2c` and
+    for ``look_at`` off the poles, so it stays exact for a top-down camera."""
+    right, c = camera.w2c[0, :3], camera.center
+    dist = float(np.linalg.norm(c))
+    az = float(np.degrees(np.arctan2(-right[0], right[1])) % 360.0)
+    el = float(np.degrees(np.arcsin(np.clip(c[2] / dist, -1.0, 1.0))))
+    return az, el, dist
+
+
+def relative_targets(input_azimuth_deg: float, layout: TargetLayout, size: int) -> list[Camera]:
+    """The target cameras of ``layout`` for an input seen from ``input_azimuth_deg``: azimuth =
+    input azimuth + offset, world elevation, fixed radius and field of view, looking at the
+    origin. One function for the render rig and the diffusion pipeline (input azimuth 0)."""
+    if int(size) <= 0:
+        raise ValueError(f"relative_targets: image size must be positive, got {size}")
+    K = intrinsics_from_fov(layout.fov_deg, int(size))
+    cams = []
+    for k, (off, el) in enumerate(zip(layout.azimuth_offsets_deg, layout.elevations_deg)):
+        az = float(np.mod(float(input_azimuth_deg) + off, 360.0))
+        cams.append(Camera(K=K, w2c=orbit_w2c(az, el, layout.radius), width=int(size), height=int(size),
+                           name=f"target{k}_off{off:.1f}_az{az:.1f}_el{el:.1f}"))
+    return cams
+
+
+def mvinput_rig(rng: np.random.Generator, *, input_views: InputViews, layout: TargetLayout, size: int,
+                radius: float, fov_deg: float) -> list[Camera]:
+    """View 0: the input from a random direction at ``radius`` with ``fov_deg`` (a rig with a
+    distance range re-places it by the framing rule, synth/mouse/compose.py); views 1..N: the
+    layout's targets relative to the input azimuth."""
+    az, el = input_views.sample(rng)
+    inp = Camera(K=intrinsics_from_fov(fov_deg, size), w2c=orbit_w2c(az, el, radius), width=size, height=size,
+                 name=f"input_az{az:.1f}_el{el:.1f}")
+    return [inp] + relative_targets(az, layout, size)
+
+
+def load_target_layout(name_or_path: str = "mvinput", overrides: Mapping | Sequence[str] | None = None) -> TargetLayout:
+    """The ``targets`` section of a rig config (configs/rig/NAME.yaml or a YAML file)."""
+    from mousefacelift.config import load_typed
+
+    return load_typed(TargetLayout, "rig", name_or_path, overrides, key="targets")
+
+
+def load_input_views(name_or_path: str = "mvinput", overrides: Mapping | Sequence[str] | None = None) -> InputViews:
+    """The ``input`` section of a rig config (configs/rig/NAME.yaml or a YAML file)."""
+    from mousefacelift.config import load_typed
+
+    return load_typed(InputViews, "rig", name_or_path, overrides, key="input")
+
+
+_RIG_TOKEN = re.compile(r"^(sphere|facelift_ring|ring|mvinput|mv|zero123pp)(\d*)$")
 
 
 def make_rig(spec: str, *, size: int = 256, radius: float = DEFAULT_RADIUS, fov_deg: float = DEFAULT_FOV_DEG,
              seed: int | np.random.Generator = 0, min_elevation_deg: float = -30.0,
-             ring_elevation_deg: float = 20.0) -> list[Camera]:
+             ring_elevation_deg: float = 20.0, input_views: InputViews | None = None,
+             target_layout: TargetLayout | None = None) -> list[Camera]:
     """Build a named, possibly composed rig (see module docstring).
 
-    ``seed`` drives the random parts (``sphere``), so a sample's rig is reproducible from its
-    seed alone. Errors name the offending token.
+    ``seed`` drives the random parts (``sphere``, ``mvinput``), so a sample's rig is
+    reproducible from its seed alone. ``mvinput`` needs ``input_views`` and ``target_layout``
+    and is not composed with others (its view 0 is the input). Errors name the offending token.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if size <= 0:
         raise ValueError(f"rig {spec!r}: image size must be positive, got {size}")
     if radius <= math.sqrt(3):
         raise ValueError(f"rig {spec!r}: camera radius {radius} would put cameras inside the [-1,1]^3 subject cube")
+    tokens = [t.strip() for t in spec.split("+") if t.strip()]
     cams: list[Camera] = []
-    for token in [t.strip() for t in spec.split("+") if t.strip()]:
+    for token in tokens:
         m = _RIG_TOKEN.match(token)
         if not m:
             raise ValueError(f"unknown rig {token!r} in {spec!r}: expected sphereN, facelift_ring32/ringN, mv6, zero123pp6 "
-                             "or a '+'-joined composition of them")
+                             "or a '+'-joined composition of them, or mvinput alone")
         family, count = m.group(1), m.group(2)
-        if family == "sphere":
+        if family == "mvinput":
+            if count or len(tokens) > 1:
+                raise ValueError(f"rig {spec!r}: mvinput stands alone (view 0 is the input) and takes no count "
+                                 "(the number of targets comes from its targets layout)")
+            if input_views is None or target_layout is None:
+                raise ValueError(f"rig {spec!r}: mvinput needs its input distribution and targets layout "
+                                 "(the `input` and `targets` sections of configs/rig/mvinput.yaml)")
+            part = mvinput_rig(rng, input_views=input_views, layout=target_layout, size=size, radius=radius,
+                               fov_deg=fov_deg)
+        elif family == "sphere":
             n = int(count or DEFAULT_VIEWS)
             az, el = _sphere_directions(n, rng, min_elevation_deg)
             part = orbit_cameras(az, el, size=size, radius=radius, fov_deg=fov_deg, prefix="sphere")

@@ -117,6 +117,7 @@ def quote_value(v) -> str:
 def validate_config(cfg) -> None:
     """Clear errors for impossible values before any work starts (names the key and the value)."""
     from mousefacelift.cameras import make_rig
+    from synth.mouse.compose import is_mvinput, mvinput_sections
 
     run = cfg["run"]
     checks = [("run.poses (--poses)", run["poses"], 1), ("samples_per_shard (--samples-per-shard)", cfg["samples_per_shard"], 1),
@@ -130,7 +131,9 @@ def validate_config(cfg) -> None:
             raise RenderError(f"{name} must be a positive integer or null, got {v!r}")
     _validate_values(cfg)
     try:
-        make_rig(str(cfg["rig"]["name"]), size=8, radius=float(cfg["rig"]["radius"]), fov_deg=float(cfg["rig"]["fov_deg"]))
+        extra = mvinput_sections(cfg["rig"]) if is_mvinput(cfg["rig"]["name"]) else {}
+        make_rig(str(cfg["rig"]["name"]), size=8, radius=float(cfg["rig"]["radius"]), fov_deg=float(cfg["rig"]["fov_deg"]),
+                 **extra)
     except ValueError as e:
         raise RenderError(f"--rig: {e}") from None
     m = str(cfg["body_model"])

@@ -51,3 +51,18 @@ class WeightedMeans:
             sums = {n: float(t[i, 0]) for i, n in enumerate(names)}
             counts = {n: float(t[i, 1]) for i, n in enumerate(names)}
         return {n: sums[n] / counts[n] for n in names if counts.get(n, 0) > 0}
+
+
+def mean_novel_image(task, examples: list[dict], batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rgb [3,H,W], alpha [1,H,W]): the mean of every held-out novel view (the baseline)."""
+    nin, rgb, alpha, n = task.num_inputs, 0.0, 0.0, 0.0
+    for batch in eval_batches(task, examples, batch_size, device):
+        if batch["rgb"].shape[1] <= nin:
+            return None
+        w = batch["valid"].float()[:, None, None, None, None]
+        rgb = rgb + (batch["rgb"][:, nin:].float() * w).sum(dim=(0, 1))
+        alpha = alpha + (batch["alpha"][:, nin:].float() * w).sum(dim=(0, 1))
+        n += float(w.sum()) * (batch["rgb"].shape[1] - nin)
+    if n == 0:
+        return None
+    return rgb / n, alpha / n

@@ -15,11 +15,13 @@ import torch.nn as nn
 
 from ..config import ConfigError, load_yaml, to_container, typed
 from .gslrm import GSLRM, GSLRMConfig
+from .mvdiffusion import MVDiffusionConfig, MVDiffusionUNet
 
 __all__ = ["MODELS", "load_preset", "model_config", "build_model"]
 
 MODELS: dict[str, tuple[type, type[nn.Module]]] = {
     "gslrm": (GSLRMConfig, GSLRM),
+    "mvdiffusion": (MVDiffusionConfig, MVDiffusionUNet),
 }
 
 

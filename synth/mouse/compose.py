@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mousefacelift.cameras import look_at, make_rig
+from mousefacelift.cameras import InputViews, TargetLayout, look_at, make_rig, orbit_angles
 from mousefacelift.config import to_container
 from mousefacelift.framing import body_box, framed_intrinsics, normalization, sample_distances
 from mousefacelift.scene import MaterialSpec, MeshSpec, SceneSpec, depth_range_for
@@ -54,21 +54,63 @@ def rig_cameras(rig: dict, size: int, rng: np.random.Generator, lo: np.ndarray, 
     box ``body`` (default [lo, hi]) spans ``rig.view_fill`` of the image
     (:func:`mousefacelift.framing.framed_intrinsics`); without it the rig's fixed radius and
     field of view are used (FaceLift's rigs). These draws come after the rig's own, so rigs
-    without ``distance`` draw exactly as before."""
-    cams = make_rig(str(rig["name"]), size=size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]), seed=rng,
-                    min_elevation_deg=float(rig["min_elevation_deg"]), ring_elevation_deg=float(rig["ring_elevation_deg"]))
+    without ``distance`` draw exactly as before.
+
+    The ``mvinput`` rig frames only its view 0 (the input) this way; its targets keep the
+    layout's fixed radius and field of view, the cameras the diffusion pipeline assumes."""
+    name = str(rig["name"])
+    extra = mvinput_sections(rig) if is_mvinput(name) else {}
+    cams = make_rig(name, size=size, radius=float(rig["radius"]), fov_deg=float(rig["fov_deg"]), seed=rng,
+                    min_elevation_deg=float(rig["min_elevation_deg"]), ring_elevation_deg=float(rig["ring_elevation_deg"]),
+                    **extra)
     if rig.get("distance") is not None:
         near, far = (float(x) for x in rig["distance"])
         blo, bhi = body if body is not None else (lo, hi)
-        dists = sample_distances(rng, len(cams), near, far)
+        n_framed = 1 if extra else len(cams)
+        dists = sample_distances(rng, n_framed, near, far)
         framed = []
-        for cam, dist in zip(cams, dists):
+        for cam, dist in zip(cams[:n_framed], dists):
             eye = cam.center / np.linalg.norm(cam.center) * dist
-            w2c = look_at(eye)
+            if extra:   # the input keeps its orientation (orbit_w2c: defined at the poles too)
+                w2c = cam.w2c.copy()
+                w2c[:3, 3] = -w2c[:3, :3] @ eye
+            else:
+                w2c = look_at(eye)
             K = framed_intrinsics(w2c, blo, bhi, float(rig["view_fill"]), cam.width, cam.height)
             framed.append(replace(cam, K=K, w2c=w2c, name=f"{cam.name}_d{dist:.2f}"))
-        cams = framed
+        cams = framed + list(cams[n_framed:])
     return depth_range_for(cams, lo, hi, margin=margin)
+
+
+def is_mvinput(rig_name: str) -> bool:
+    """Whether a rig spec is the multi-view-diffusion rig (input view + relative targets)."""
+    return str(rig_name).strip() == "mvinput"
+
+
+def mvinput_sections(rig: dict, where: str = "rig") -> dict:
+    """The ``input`` and ``targets`` sections of an ``mvinput`` rig config, typed and checked:
+    ``make_rig`` keyword arguments. Bad values raise ConfigError naming the key."""
+    from mousefacelift.config import ConfigError, typed
+
+    for key in ("input", "targets"):
+        if not isinstance(rig.get(key), dict):
+            raise ConfigError(f"{where}.{key}: the mvinput rig needs this section (see configs/rig/mvinput.yaml), "
+                              f"got {rig.get(key)!r}")
+    return {"input_views": typed(InputViews, rig["input"], f"{where}.input"),
+            "target_layout": typed(TargetLayout, rig["targets"], f"{where}.targets")}
+
+
+def rig_views_meta(rig: dict, cams: list) -> dict | None:
+    """What identifies the views of an ``mvinput`` sample (``meta.rig_views``): view 0 is the
+    input with its drawn direction, views 1..N the targets with their layout; None otherwise."""
+    if not is_mvinput(str(rig["name"])):
+        return None
+    layout = mvinput_sections(rig)["target_layout"]
+    az, el, dist = orbit_angles(cams[0])
+    return {"input": 0, "targets": list(range(1, len(cams))),
+            "input_azimuth_deg": az, "input_elevation_deg": el, "input_distance": dist,
+            "input_fov_deg": float(np.degrees(2 * np.arctan(0.5 * cams[0].width / cams[0].fx))),
+            "target_layout": json_safe(layout)}
 
 
 def body_keep(model) -> np.ndarray | None:
@@ -152,6 +194,7 @@ class MouseComposer:
             "appearance": json_safe(appearance_meta),
             "lighting": json_safe(lighting_meta),
             "rig": str(rig["name"]),
+            **({"rig_views": views} if (views := rig_views_meta(rig, cams)) is not None else {}),
             "joints_layout": {"joints": [0, J], "keypoints": [J, J + P],
                               "keypoint_names": list(getattr(model, "keypoint_names", [])),
                               "units": "world (normalised)"},

@@ -10,11 +10,13 @@ from mousefacelift.config import ConfigError
 
 from .base import Task
 from .gslrm import GSLRMTask
+from .mvdiffusion.task import MVDiffusionTask
 
 __all__ = ["TASKS", "Task", "build_task"]
 
 TASKS: dict[str, type[Task]] = {
     GSLRMTask.name: GSLRMTask,
+    MVDiffusionTask.name: MVDiffusionTask,
 }
 
 

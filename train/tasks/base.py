@@ -12,6 +12,7 @@ device), ``forward`` (under the trainer's autocast), then ``loss`` (outside it).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,12 @@ class Task(ABC):
                  config: EvalConfig) -> tuple[dict[str, float], np.ndarray | None]:
         """Held-out metrics (equal on every rank) and an HWC image panel, or None, under the
         ``eval:`` section ``config``. The trainer calls it in eval mode under ``torch.no_grad()``."""
+
+    def export(self, model: torch.nn.Module, out_dir: Path, step: int) -> Path | None:
+        """Write what users load outside training (e.g. a diffusers pipeline folder) next to the
+        checkpoint; called on rank 0 with every checkpoint, with the EMA weights applied when
+        there are any. Returns the path written, or None (the default: the checkpoint is all)."""
+        return None
 
     @abstractmethod
     def image_panel(self, batch: dict[str, Any], prediction: Any) -> np.ndarray:

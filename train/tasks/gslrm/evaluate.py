@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ... import metrics as M
-from ...evaluate import WeightedMeans, eval_batches
+from ...evaluate import WeightedMeans, eval_batches, mean_novel_image
 from ...settings import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -43,21 +43,6 @@ def _spread(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (x * m).sum(dim=(-1, -2)) / n
     var = (((x - mean[..., None, None]) ** 2) * m).sum(dim=(-1, -2)) / n
     return var.clamp_min(0).sqrt().mean(dim=1)
-
-
-def mean_novel_image(task, examples: list[dict], batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(rgb [3,H,W], alpha [1,H,W]): the mean of every held-out novel view (the baseline)."""
-    nin, rgb, alpha, n = task.num_inputs, 0.0, 0.0, 0.0
-    for batch in eval_batches(task, examples, batch_size, device):
-        if batch["rgb"].shape[1] <= nin:
-            return None
-        w = batch["valid"].float()[:, None, None, None, None]
-        rgb = rgb + (batch["rgb"][:, nin:].float() * w).sum(dim=(0, 1))
-        alpha = alpha + (batch["alpha"][:, nin:].float() * w).sum(dim=(0, 1))
-        n += float(w.sum()) * (batch["rgb"].shape[1] - nin)
-    if n == 0:
-        return None
-    return rgb / n, alpha / n
 
 
 def _image_metrics(means: WeightedMeans, prefix: str, pr, gt, pa, ga, w) -> None:

@@ -1,0 +1,1 @@
+"""Multi-view diffusion: attention, latent codec, image encoder, pipeline and weight loading."""

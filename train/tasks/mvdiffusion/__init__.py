@@ -1,0 +1,1 @@
+"""The multi-view diffusion task: its training, evaluation and metrics."""
