@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cameras import Camera, camera_rays, make_rig, stack_cameras
+from .cameras import Camera, camera_rays, load_input_views, load_target_layout, make_rig, stack_cameras
 from .meshraster import face_normals, rasterize
 from .scene import depth_range_for
 from .shards import SCHEMA, MultiViewSample, write_samples
@@ -106,7 +106,10 @@ def sphere_sample(key: str, *, rig: str = "sphere32", size: int = 64, seed: int 
     rng = np.random.default_rng(seed)
     centre = rng.uniform(-0.2, 0.2, size=3)
     radius = float(rng.uniform(0.5, 0.8))
-    cams = make_rig(rig, size=size, seed=rng)
+    sections = {}
+    if rig == "mvinput":    # the input distribution and target layout of configs/rig/mvinput.yaml
+        sections = {"input_views": load_input_views(), "target_layout": load_target_layout()}
+    cams = make_rig(rig, size=size, seed=rng, **sections)
     K, c2w = stack_cameras(cams)
     o, d = camera_rays(K.double(), c2w.double(), size, size)
     o, d = o.numpy(), d.numpy()
