@@ -6,7 +6,8 @@ once. It needs only this library and a checkpoint (no ``train``, ``synth`` or ``
 
 - :func:`load_model`: a checkpoint written by ``python -m train.run`` (its ``config.model``
   picks the architecture in :mod:`mousefacelift.models`), or FaceLift's published GS-LRM
-  weights with the model config they fit; weights only, never pickled code;
+  weights (into the ``facelift`` preset unless another config is given); weights only, never
+  pickled code;
 - :func:`reconstruct`: posed views -> Gaussians;
 - :func:`render_views`: Gaussians -> renders for given cameras (always float32);
 - :func:`predict`: both, the sequence the trainer and the evaluation run;
@@ -29,8 +30,8 @@ import torch
 from .cameras import DEFAULT_FOV_DEG
 from .checkpoint import load_checkpoint, model_config_of
 from .gaussians import Gaussians
-from .models import build_model
-from .models.facelift_ckpt import load_facelift_checkpoint
+from .models import build_model, model_config
+from .models.facelift_ckpt import RELEASED_PRESET, facelift_mismatches, facelift_state_dict, load_facelift_checkpoint
 from .splat import RenderOutput, render
 from .turntable import TURNTABLE_RADIUS, turntable_cameras, write_video
 
@@ -52,9 +53,11 @@ def load_model(path: str | os.PathLike, facelift_config: Any = None, device: str
 
     A checkpoint of ``train.run`` describes its own model; it holds the moving average of the
     weights (``ema``) when it was trained with ``train.ema_decay``, and those are loaded unless
-    ``use_ema`` is False. ``facelift_config`` (a preset name, YAML path or mapping of
-    :func:`mousefacelift.models.model_config`) is only for FaceLift GS-LRM weights, which carry
-    no config.
+    ``use_ema`` is False. FaceLift GS-LRM weights carry no config: without ``facelift_config``
+    they load into the ``facelift`` preset (FaceLift's released configuration, so they give
+    FaceLift's output), and weights that do not fit it are refused naming the options;
+    ``facelift_config`` (a preset name, YAML path or mapping of
+    :func:`mousefacelift.models.model_config`) is for FaceLift weights of another configuration.
     """
     state = load_checkpoint(path, what="model checkpoint")
     if "config" in state:
@@ -63,12 +66,18 @@ def load_model(path: str | os.PathLike, facelift_config: Any = None, device: str
                              "facelift_config is only for FaceLift weights")
         model = build_model(model_config_of(state, str(path)), where=f"{path} config.model")
         model.load_state_dict(state["ema"] if use_ema and "ema" in state else state["model"])
+    elif facelift_config is None:
+        config = model_config(RELEASED_PRESET)
+        problems = facelift_mismatches(config, facelift_state_dict(state, str(path)))
+        if problems:
+            raise ValueError(f"{path}: FaceLift weights that do not fit its released configuration "
+                             f"(model preset {RELEASED_PRESET}): {'; '.join(problems)}. If they come from another "
+                             "FaceLift configuration, pass facelift_config, the GS-LRM config they fit")
+        model = build_model(config)
+        load_facelift_checkpoint(model, state, released=True)
     else:
-        if facelift_config is None:
-            raise ValueError(f"{path} has no config.model (not written by train.run): pass facelift_config, "
-                             "the GS-LRM config its FaceLift weights fit (e.g. 'base')")
         model = build_model(facelift_config)
-        load_facelift_checkpoint(model, state)
+        load_facelift_checkpoint(model, state, released=False)
     return model.to(device).eval()
 
 

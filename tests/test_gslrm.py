@@ -110,13 +110,13 @@ def test_presets_and_base_size_on_meta_device(tmp_path):
     assert isinstance(build_model("tiny"), GSLRM)
     with pytest.raises(ConfigError, match=r"model: unknown key\(s\) \['depht'\]"):
         model_config({**load_preset("tiny"), "depht": 3})
-    with pytest.raises(ConfigError, match=r"model.type is 'unet', expected one of \['gslrm'\]"):
+    with pytest.raises(ConfigError, match=r"model.type is 'unet', expected one of \['gslrm'"):
         model_config({**load_preset("tiny"), "type": "unet"})
     with pytest.raises(ConfigError, match=r"model.type is None"):
         model_config({k: v for k, v in load_preset("tiny").items() if k != "type"})
     with pytest.raises(ConfigError, match=r"tiny.yaml.width: 'wide' is not a valid int"):
         model_config(write_yaml(tmp_path / "tiny.yaml", {**load_preset("tiny"), "width": "wide"}))
-    with pytest.raises(ConfigError, match=r"model config .gigantic.: no file .*known: \[.base., .small., .tiny.\]"):
+    with pytest.raises(ConfigError, match=r"model config .gigantic.: no file .*known: \[.base., .facelift., .*.tiny.\]"):
         model_config("gigantic")
 
 
@@ -156,7 +156,7 @@ def test_facelift_checkpoint_is_mapped_and_loaded(tmp_path):
     m = GSLRM(cfg)
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, path)
-    report = load_facelift_checkpoint(m, path)
+    report = load_facelift_checkpoint(m, path, released=False)    # the key map; conventions: test_facelift_parity
     assert len(report["loaded"]) == len(m.state_dict())
     assert report["skipped"] == ["loss_calculator.perceptual_loss_module.vgg.0.weight"]
     torch.testing.assert_close(m.blocks[1].attn.qkv.weight, sd["transformer_layers.1.attn.to_qkv.weight"])
@@ -182,3 +182,40 @@ def test_incompatible_checkpoint_is_refused_with_key_lists():
         torch.testing.assert_close(v, before[k])
     with pytest.raises(IncompatibleCheckpoint, match="not a state dict"):
         load_facelift_checkpoint(m, {"model": "weights"})
+
+
+def test_facelift_convention_options_are_validated_and_default_for_old_checkpoints():
+    with pytest.raises(ConfigError, match=r"ray_features is 'moment', expected one of \['plucker', 'direction_near"):
+        model_config({**load_preset("tiny"), "ray_features": "moment"})
+    with pytest.raises(ConfigError, match=r"near_far_anchor is 'origin', expected one of \['camera_distance', "):
+        model_config({**load_preset("tiny"), "near_far_anchor": "origin"})
+    old = {k: v for k, v in load_preset("tiny").items() if k not in ("ray_features", "near_far_anchor")}
+    cfg = model_config(old)          # a checkpoint written before the options: the project's conventions
+    assert (cfg.ray_features, cfg.near_far_anchor) == ("plucker", "camera_distance")
+    facelift = model_config("facelift")
+    assert (facelift.ray_features, facelift.near_far_anchor, facelift.num_global_gaussians) == \
+        ("direction_nearest", "closest_approach", 2)
+
+
+def test_closest_approach_anchor_and_nearest_point_features():
+    """The facelift conventions: the distance range is centred on each ray's point nearest the
+    origin (-o.d), and the ray channels are d and that point, d x (o x d)."""
+    from mousefacelift.models.gslrm import ray_input_features
+    o, d = torch.randn(5, 3), torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    feats = ray_input_features(o, d, "direction_nearest")
+    torch.testing.assert_close(feats[:, :3], d)
+    torch.testing.assert_close(feats[:, 3:], torch.linalg.cross(d, torch.linalg.cross(o, d, dim=-1), dim=-1))
+    assert float((feats[:, 3:] * d).sum(-1).abs().max()) < 1e-5        # the nearest point is orthogonal to d
+    m = GSLRM(small_config(ray_features="direction_nearest", near_far_anchor="closest_approach", near=-1.8, far=1.8))
+    imgs, K, c2w = batch(V=2)
+    with torch.no_grad():
+        g = m(imgs, K, c2w)
+        m.pixel_head.linear.weight.zero_()      # sigmoid(0) = 1/2: every Gaussian mid-range, on the anchor
+        g0 = m(imgs, K, c2w)
+    from mousefacelift.cameras import camera_rays
+    o, d = camera_rays(K, c2w, 16, 16)
+    nearest = (o - (o * d).sum(-1, keepdim=True) * d).reshape(1, -1, 3)
+    torch.testing.assert_close(g0.means, nearest, atol=1e-5, rtol=0)
+    dist = m.ray_distance_map(g, K, c2w, 16, 16)[:, :, 0]
+    anchor = -(o * d).sum(-1)
+    assert bool(((dist - anchor).abs() <= 1.8 + 1e-4).all())

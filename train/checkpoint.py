@@ -4,7 +4,9 @@ Reading and writing checkpoint files is :mod:`mousefacelift.checkpoint` (atomic,
 what goes into one is train/trainer.py's ``state_dict``: model, optimiser, scheduler, step,
 data-stream positions, skip counters and grad-norm history for an exact ``resume=true``,
 plus the resolved config, the git revision and data manifest hashes for a reader to trust it.
-Where a phase starts (:func:`missing_default_init`) is decided here too.
+Where a phase starts (:func:`missing_default_init`) and how ``init_from`` weights reach the model
+(:func:`load_init_weights`: this project's checkpoints, or FaceLift's GS-LRM weights) are
+decided here too.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mousefacelift.models.facelift_ckpt import is_facelift_checkpoint, load_facelift_checkpoint
 
 
 def git_revision(repo: str | os.PathLike | None = None) -> str:
@@ -57,3 +61,25 @@ def missing_default_init(cfg, phase: str) -> bool:
         "phase %s starts from freshly initialised weights: its default starting point %s (init_default) does not "
         "exist yet; run the previous phase first, or set init_from=PATH", phase, init)
     return True
+
+
+def load_init_weights(model: torch.nn.Module, state: dict, path, model_type: str, strict: bool) -> str:
+    """Copy the weights (only) of the ``init_from`` checkpoint ``state`` into ``model``; returns
+    what was loaded, for the log.
+
+    A checkpoint of this project must hold a model of the same ``model.type`` (the trainer checks
+    it, as for ``resume``). FaceLift's GS-LRM weights (FaceLift's names, no config) are mapped by
+    :func:`mousefacelift.models.facelift_ckpt.load_facelift_checkpoint` into a GS-LRM that must
+    follow FaceLift's released configuration (``model=facelift``; its size may be overridden to
+    what the weights' shapes fix): a mismatch is refused naming the model options. Optimiser and
+    schedule states in either file are ignored. ``strict`` is ``phase.init_strict``.
+    """
+    if is_facelift_checkpoint(state):
+        if model_type != "gslrm":
+            raise ValueError(f"{path} holds FaceLift GS-LRM weights, but model.type is {model_type!r}")
+        report = load_facelift_checkpoint(model, state, strict=strict, released=True, where=str(path))
+        return (f"FaceLift GS-LRM weights ({len(report['loaded'])} tensors, {len(report['skipped'])} non-model keys "
+                "skipped)")
+    missing, unexpected = model.load_state_dict(state["model"], strict=strict)
+    return (f"step {state.get('step')} of phase {state.get('phase')}; missing={len(missing)} "
+            f"unexpected={len(unexpected)}")

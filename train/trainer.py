@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mousefacelift.checkpoint import LAST, load_checkpoint, model_config_of, save_checkpoint
+from mousefacelift.models.facelift_ckpt import is_facelift_checkpoint
 from mousefacelift.shards import clean_stale_tmp, manifest_record
 
 from . import checkpoint as ckpt
@@ -123,10 +124,11 @@ class Trainer:
             log.info("resuming %s from step %d", self.out_dir, resume_state["step"])
         elif cfg.get("init_from") and not ckpt.missing_default_init(cfg, self.phase.name):
             init = load_checkpoint(str(cfg.init_from), what=f"init_from of phase {self.phase.name}")
-            self._check_model_type(init, cfg.init_from)
-            missing, unexpected = self.model.load_state_dict(init["model"], strict=self.phase.init_strict)
-            log.info("phase %s initialised from %s (step %s of phase %s); missing=%d unexpected=%d",
-                     self.phase.name, cfg.init_from, init.get("step"), init.get("phase"), len(missing), len(unexpected))
+            if not is_facelift_checkpoint(init):
+                self._check_model_type(init, cfg.init_from)
+            what = ckpt.load_init_weights(self.model, init, cfg.init_from, str(cfg.model.get("type")),
+                                          self.phase.init_strict)
+            log.info("phase %s initialised from %s: %s", self.phase.name, cfg.init_from, what)
         elif not cfg.get("init_from"):
             log.info("phase %s starts from freshly initialised weights (init_from is null)", self.phase.name)
 
@@ -240,6 +242,11 @@ class Trainer:
         if self.rank == 0:
             path = save_checkpoint(self.ckpt_dir / LAST, state)
             log.info("checkpoint step %d -> %s", self.step, path)
+            with self.ema.applied(self.model) if self.ema is not None else nullcontext():
+                exported = self.task.export(self.model, self.out_dir, self.step)
+            if exported is not None:
+                log.info("exported step %d (%s weights) -> %s", self.step,
+                         "EMA" if self.ema is not None else "last", exported)
 
     # -- one step -----------------------------------------------------------------------
     def _forward_loss(self, batch: dict):

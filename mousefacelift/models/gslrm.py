@@ -2,27 +2,40 @@
 
 Pipeline (Zhang et al. 2024, GS-LRM; FaceLift's ``gslrm/model/gslrm.py``):
 
-1. per pixel: RGB mapped to [-1, 1] and the pixel's Plücker ray (o x d, d) from
-   :func:`mousefacelift.cameras.plucker_rays` -> 9 channels (FaceLift's order: rgb, o x d, d);
+1. per pixel: RGB mapped to [-1, 1] and 6 ray channels (``ray_features``) -> 9 channels:
+   - ``plucker``: (o x d, d), the Plücker moment and direction (FaceLift with
+     ``use_custom_plucker: false``);
+   - ``direction_nearest``: (d, o + (-o.d) d), the direction and the ray's point nearest the
+     world origin (FaceLift with ``use_custom_plucker: true``, as in every config it ships);
+   the two carry the same information (the nearest point is d x (o x d)) in different encodings;
 2. patchify (patch ``p``, flattened (patch_row, patch_col, channel) like FaceLift) and a
    bias-free linear tokeniser;
 3. a pre-LN transformer (bias-free LayerNorms and linears, SDPA attention: flash on GPU)
-   over the tokens of ALL input views jointly, optionally after learned "global" Gaussian
-   tokens (FaceLift's ``gaussian_position_embeddings``; 0 by default here);
+   over the tokens of ALL input views jointly, after ``num_global_gaussians`` learned
+   "global" Gaussian tokens (FaceLift's ``gaussian_position_embeddings``, n_gaussians);
 4. per-token head (LayerNorm + linear) -> p*p Gaussians per token, parameters in FaceLift's
    order [xyz(3), sh((deg+1)^2 * 3), scale(3), rotation(4), opacity(1)] and activations:
-   - distance along the pixel's unit ray = near + (far-near) * sigmoid(mean(xyz) + bias),
-     position = ray origin + distance * ray direction (so Gaussians start on their pixel);
-     with ``near_far_relative`` near/far are offsets from the camera's distance to the origin,
-     so cameras at any distance (2 to 6 body lengths, docs/architecture.md §3) reach the
-     subject (FaceLift's fixed 1.2..4.2 is the same range for its cameras at 2.7);
+   - distance along the pixel's unit ray = anchor + near + (far-near) * sigmoid(mean(xyz) + bias),
+     position = ray origin + distance * ray direction (so Gaussians start on their pixel).
+     The anchor is 0 without ``near_far_relative``; with it, ``near_far_anchor`` picks
+     ``camera_distance`` |o| (the camera's distance to the origin: cameras at any distance,
+     2 to 6 body lengths, docs/architecture.md §3, reach the subject alike; FaceLift's
+     ``depth_reference_origin``) or ``closest_approach`` -o.d (the distance to the ray's point
+     nearest the origin: FaceLift's branch for ``use_custom_plucker: true``, its released
+     model's (-o.d) + 1.8 (2 sigma - 1)). FaceLift's default branch, 1.2 + 3 sigma, is the
+     absolute range [1.2, 4.2];
+   - global Gaussians take their xyz raw (no ray);
    - scale = exp(min(raw + scale_bias, scale_max_log)), rotation = normalise(raw) (wxyz),
      opacity = sigmoid(raw + opacity_bias), colour = raw SH coefficients.
 
 Output order: the pixel-aligned Gaussians are in raster order per view, so
 ``gaussians.means.reshape(B, V, H, W, 3)`` is the predicted point map; global Gaussians (if
-any) come first. The parameter layout equals FaceLift's, so its published checkpoint loads
-through :func:`mousefacelift.models.facelift_ckpt.load_facelift_checkpoint`.
+any) come first. FaceLift orders its pixel Gaussians by (view, patch row, patch column, row in
+patch, column in patch), otherwise the output is the same. The parameter layout equals
+FaceLift's, so its published checkpoint loads through
+:func:`mousefacelift.models.facelift_ckpt.load_facelift_checkpoint` into the ``facelift``
+preset, which follows its released configuration. A float64 model computes in float64
+throughout (the parity test); otherwise rays and Gaussians are float32 even under autocast.
 """
 from __future__ import annotations
 
@@ -37,7 +50,10 @@ from torch.utils.checkpoint import checkpoint
 from ..cameras import camera_rays
 from ..gaussians import Gaussians
 
-__all__ = ["GSLRMConfig", "GSLRM", "approx_forward_flops"]
+__all__ = ["GSLRMConfig", "GSLRM", "RAY_FEATURES", "NEAR_FAR_ANCHORS", "ray_input_features", "approx_forward_flops"]
+
+RAY_FEATURES = ("plucker", "direction_nearest")
+NEAR_FAR_ANCHORS = ("camera_distance", "closest_approach")
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +85,10 @@ class GSLRMConfig:
     grad_checkpoint: bool         # recompute transformer blocks in backward (saves memory)
     checkpoint_every: int         # blocks per checkpointed segment
     head_hidden: int = 0          # 0: FaceLift's linear per-token head; >0: LN -> linear(hidden) -> GELU -> linear
-    near_far_relative: bool = False  # near/far are offsets from each camera's distance to the origin
+    near_far_relative: bool = False  # near/far are offsets from an anchor distance along each ray
+    # Checkpoints written before these two options existed used the project's conventions:
+    ray_features: str = "plucker"             # the 6 ray input channels (RAY_FEATURES, module docstring)
+    near_far_anchor: str = "camera_distance"  # the anchor of near_far_relative (NEAR_FAR_ANCHORS)
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -80,6 +99,12 @@ class GSLRMConfig:
         for name in ("patch_size", "width", "layers", "heads", "mlp_ratio", "checkpoint_every"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"GSLRMConfig: {name} must be positive, got {getattr(self, name)}")
+        if self.ray_features not in RAY_FEATURES:
+            raise ValueError(f"GSLRMConfig: ray_features is {self.ray_features!r}, expected one of "
+                             f"{list(RAY_FEATURES)}")
+        if self.near_far_anchor not in NEAR_FAR_ANCHORS:
+            raise ValueError(f"GSLRMConfig: near_far_anchor is {self.near_far_anchor!r}, expected one of "
+                             f"{list(NEAR_FAR_ANCHORS)}")
         if self.sh_degree < 0 or self.num_global_gaussians < 0 or self.head_hidden < 0:
             raise ValueError("GSLRMConfig: sh_degree, num_global_gaussians and head_hidden must be >= 0")
 
@@ -90,6 +115,15 @@ class GSLRMConfig:
     @property
     def gaussian_dim(self) -> int:
         return 3 + (self.sh_degree + 1) ** 2 * 3 + 3 + 4 + 1
+
+
+def ray_input_features(o: torch.Tensor, d: torch.Tensor, kind: str) -> torch.Tensor:
+    """The 6 ray channels of the model input from origins and unit directions [..., 3]."""
+    if kind == "plucker":
+        return torch.cat([torch.cross(o, d, dim=-1), d], dim=-1)
+    if kind == "direction_nearest":
+        return torch.cat([d, o - (o * d).sum(-1, keepdim=True) * d], dim=-1)
+    raise ValueError(f"ray_input_features: kind is {kind!r}, expected one of {list(RAY_FEATURES)}")
 
 
 class SelfAttention(nn.Module):
@@ -186,13 +220,17 @@ class GSLRM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- forward ------------------------------------------------------------------------
+    def _compute_dtype(self) -> torch.dtype:
+        """float64 for a float64 model, else float32 (rays and Gaussians stay out of bf16)."""
+        return torch.float64 if self.tokenizer.weight.dtype == torch.float64 else torch.float32
+
     def _tokens(self, images, K, c2w):
         B, V, _, H, W = images.shape
-        p = self.config.patch_size
-        with torch.autocast(device_type=images.device.type, enabled=False):   # rays in float32
-            o, d = camera_rays(K.float(), c2w.float(), H, W)              # [B,V,H,W,3]
-        pix = torch.cat([images.float() * 2 - 1, torch.cross(o, d, dim=-1).permute(0, 1, 4, 2, 3),
-                         d.permute(0, 1, 4, 2, 3)], dim=2)               # [B,V,9,H,W]
+        p, ft = self.config.patch_size, self._compute_dtype()
+        with torch.autocast(device_type=images.device.type, enabled=False):   # rays in full precision
+            o, d = camera_rays(K.to(ft), c2w.to(ft), H, W)                # [B,V,H,W,3]
+        rays = ray_input_features(o, d, self.config.ray_features).permute(0, 1, 4, 2, 3)
+        pix = torch.cat([images.to(ft) * 2 - 1, rays], dim=2)            # [B,V,9,H,W]
         x = pix.reshape(B, V, 9, H // p, p, W // p, p).permute(0, 1, 3, 5, 4, 6, 2)
         x = x.reshape(B, V * (H // p) * (W // p), p * p * 9)
         tok = self.tokenizer(x)
@@ -228,7 +266,8 @@ class GSLRM(nn.Module):
 
     def forward(self, images: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> Gaussians:
         """images [B,V,3,H,W] in [0,1], K [B,V,3,3], c2w [B,V,4,4] -> Gaussians with
-        ``num_global_gaussians + V*H*W`` per sample (float32 even under autocast)."""
+        ``num_global_gaussians + V*H*W`` per sample (float32 even under autocast; float64 for a
+        float64 model)."""
         cfg = self.config
         if images.ndim != 5 or images.shape[2] != 3:
             raise ValueError(f"GSLRM: images must be [B,V,3,H,W], got {tuple(images.shape)}")
@@ -246,7 +285,7 @@ class GSLRM(nn.Module):
         x = self._run_blocks(self.input_norm(tok))
         glob_tok, pix_tok = x[:, :n_glob], x[:, n_glob:]
 
-        raw = self.pixel_head(pix_tok).float()                          # [B, V*h*w, p*p*P]
+        raw = self.pixel_head(pix_tok).to(self._compute_dtype())        # [B, V*h*w, p*p*P]
         with torch.autocast(device_type=raw.device.type, enabled=False):
             return self._gaussians(raw, glob_tok, pix, o, d, B, V, H, W)
 
@@ -261,10 +300,12 @@ class GSLRM(nn.Module):
         t = torch.sigmoid(raw[..., :3].mean(dim=-1, keepdim=True) + cfg.depth_bias)
         dist = cfg.near + (cfg.far - cfg.near) * t
         if cfg.near_far_relative:                    # the subject sits around the origin at any camera distance
-            dist = dist + o.norm(dim=-1, keepdim=True)
+            dist = dist + (o.norm(dim=-1, keepdim=True) if cfg.near_far_anchor == "camera_distance"
+                           else -(o * d).sum(dim=-1, keepdim=True))
         g = self._activate(raw, o + dist * d)
         if n_glob:
-            graw = self.global_head(glob_tok.float()).float()
+            ft = raw.dtype
+            graw = self.global_head(glob_tok.to(ft)).to(ft)
             g = Gaussians.cat([self._activate(graw, graw[..., :3]), g], dim=1)
         return g
 
@@ -273,8 +314,8 @@ class GSLRM(nn.Module):
         """Distance of each pixel-aligned Gaussian from its ray origin, [B,V,1,H,W]."""
         B, V = K.shape[:2]
         n = self.config.num_global_gaussians
-        o, _ = camera_rays(K.float(), c2w.float(), height, width)
         pts = gaussians.means[:, n:].reshape(B, V, height, width, 3)
+        o, _ = camera_rays(K.to(pts.dtype), c2w.to(pts.dtype), height, width)
         return (pts - o).norm(dim=-1)[:, :, None]
 
     def summary(self) -> dict:
