@@ -57,8 +57,9 @@ def test_phase_trains_evaluates_and_exports_a_pipeline_that_reproduces_the_model
     assert torch.equal(mine, theirs)
 
 
-def test_loss_is_zero_for_the_exact_v_target_and_weights_by_min_snr(mv_shards):
-    task = build_task(compose("train", SMALL + [f"shard_root={mv_shards}"]))
+@pytest.mark.parametrize("gamma", ["null", "5.0"])
+def test_loss_is_zero_for_the_exact_v_target_and_weights_by_min_snr(mv_shards, gamma):
+    task = build_task(compose("train", SMALL + [f"shard_root={mv_shards}", f"diffusion.min_snr_gamma={gamma}"]))
     from train.tasks.mvdiffusion.task import DiffusionPrediction
     B, V, C = 2, 6, task.model_config.latent_channels
     target = torch.randn(B, V, C, 16, 16)
@@ -71,7 +72,10 @@ def test_loss_is_zero_for_the_exact_v_target_and_weights_by_min_snr(mv_shards):
                               camera_pred=cam, camera_true=cam)
     _, parts = task.loss(off, {"valid": torch.ones(B, dtype=torch.bool)}, 0)
     assert float(parts["v_mse"]) == pytest.approx(1.0)
-    assert float(parts["denoise"]) < 1.0      # min(SNR, 5) / (SNR + 1) < 1 at every t
+    if gamma == "null":     # plain v-MSE
+        assert float(parts["denoise"]) == pytest.approx(1.0)
+    else:                   # min(SNR, 5) / (SNR + 1) < 1 at every t
+        assert float(parts["denoise"]) < 1.0
 
 
 @pytest.mark.parametrize("override,message", [

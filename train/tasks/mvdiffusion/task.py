@@ -47,7 +47,7 @@ class DiffusionConfig:
 
     pretrained: str | None
     rig: str
-    min_snr_gamma: float
+    min_snr_gamma: float | None
     drop_image: float
     drop_latent: float
     drop_both: float
@@ -62,8 +62,8 @@ class DiffusionConfig:
         if any(not 0.0 <= p <= 1.0 for p in drops) or sum(drops) > 1.0:
             raise ConfigError(f"diffusion.drop_image/drop_latent/drop_both are {list(drops)}: expected shares in "
                               "[0, 1] summing to at most 1")
-        if not self.min_snr_gamma > 0:
-            raise ConfigError(f"diffusion.min_snr_gamma={self.min_snr_gamma!r}: expected a positive number")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ConfigError(f"diffusion.min_snr_gamma={self.min_snr_gamma!r}: expected a positive number or null")
         if self.sampler not in SCHEDULERS:
             raise ConfigError(f"diffusion.sampler={self.sampler!r}: expected one of {sorted(SCHEDULERS)}")
         if isinstance(self.eval_steps, bool) or not isinstance(self.eval_steps, int) or self.eval_steps < 1:
@@ -170,7 +170,9 @@ class MVDiffusionTask(Task):
     def loss(self, prediction: DiffusionPrediction, batch: dict[str, Any], step: int):
         p = prediction
         per_object = ((p.pred.float() - p.target.float()) ** 2).flatten(1).mean(dim=1)
-        weights = min_snr_weights(self.noise, p.timesteps, self.diffusion.min_snr_gamma).to(per_object.device)
+        gamma = self.diffusion.min_snr_gamma
+        weights = (torch.ones_like(per_object) if gamma is None else
+                   min_snr_weights(self.noise, p.timesteps, gamma).to(per_object.device))
         valid = batch["valid"].float() if "valid" in batch else torch.ones_like(per_object)
         denoise = (weights * per_object * valid).sum() / valid.sum().clamp_min(1.0)
         scale = torch.tensor(CAMERA_SCALE, device=p.camera_pred.device)
