@@ -487,17 +487,6 @@ def camera_rays(K: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> 
     return o, d
 
 
-def plucker_rays(K: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Plücker coordinates per pixel, channels first: [..., 6, H, W] = (o x d, d).
-
-    The moment-first order matches the FaceLift / GS-LRM input, whose published weights
-    expect it.
-    """
-    o, d = camera_rays(K, c2w, height, width)
-    rays = torch.cat([torch.cross(o, d, dim=-1), d], dim=-1)
-    return rays.movedim(-1, -3)
-
-
 def stack_cameras(cameras: Sequence[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
     """K [V,3,3] and c2w [V,4,4] float32 tensors for a list of cameras."""
     K = torch.tensor(np.stack([c.K for c in cameras]), dtype=torch.float32)

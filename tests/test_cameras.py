@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mousefacelift.cameras import (Camera, camera_rays, distort_normalized, intrinsics_from_fov, look_at, make_rig,
-                                   plucker_rays, stack_cameras, undistort_normalized)
+                                   stack_cameras, undistort_normalized)
 
 
 def test_look_at_is_opencv_and_sees_target_at_centre():
@@ -53,9 +53,6 @@ def test_rays_hit_projected_pixel():
     p = o[0, 5, 9] + 2.0 * d[0, 5, 9]
     uv, _ = cam.project(p[None].double().numpy())
     assert np.allclose(uv[0], [9.5, 5.5], atol=1e-4)
-    pl = plucker_rays(K, c2w, 16, 16)
-    assert pl.shape == (1, 6, 16, 16)
-    assert torch.allclose(pl[0, 3:, 5, 9], d[0, 5, 9])
 
 
 def test_distortion_round_trip():
