@@ -79,6 +79,19 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _read_json(path: Path, missing_hint: str = "") -> dict:
+    """A JSON object file of a pipeline folder, or one ConfigError line naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found" + (f": {missing_hint}" if missing_hint else "")) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({_one_line(e)})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 class MVDiffusionPipeline(DiffusionPipeline):
     """Input RGBA view [B,4,H,W] -> ``MVOutput`` (see module docstring)."""
 
@@ -282,14 +295,7 @@ class MVDiffusionPipeline(DiffusionPipeline):
             raise ConfigError(f"pipeline folder {folder} does not exist (expected a local folder written by "
                               "MVDiffusionPipeline.save_pretrained; nothing is downloaded)")
         path = folder / "model_index.json"
-        try:
-            index = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path} not found: {folder} is not a saved MVDiffusionPipeline folder") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: not readable JSON ({_one_line(e)})") from None
-        if not isinstance(index, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(index).__name__}")
+        index = _read_json(path, f"{folder} is not a saved MVDiffusionPipeline folder")
         if index.get("_class_name") != cls.__name__:
             raise ConfigError(f"{path}: _class_name is {index.get('_class_name')!r}, expected {cls.__name__!r}")
         for name, entry in index.items():
@@ -323,12 +329,7 @@ class MVDiffusionPipeline(DiffusionPipeline):
         layout = typed(TargetLayout, index["target_layout"], f"{where} target_layout")
 
         unet_config = folder / "unet" / "config.json"
-        try:
-            mapping = json.loads(unet_config.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{unet_config} not found") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{unet_config}: not readable JSON ({_one_line(e)})") from None
+        mapping = _read_json(unet_config)
         config = model_config(mapping, str(unet_config))
         unet_cls = MODELS["mvdiffusion"][1]
         if not isinstance(config, MODELS["mvdiffusion"][0]):
@@ -354,11 +355,6 @@ class MVDiffusionPipeline(DiffusionPipeline):
         image_encoder = ImageEncoder.from_folder(folder / "image_encoder")
 
         scheduler_config = folder / "scheduler" / "scheduler_config.json"
-        try:
-            sched_mapping = json.loads(scheduler_config.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{scheduler_config} not found") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{scheduler_config}: not readable JSON ({_one_line(e)})") from None
+        sched_mapping = _read_json(scheduler_config)
         scheduler = getattr(diffusers, index["scheduler"][1]).from_config(sched_mapping)
         return cls(unet=unet, codec=codec, image_encoder=image_encoder, scheduler=scheduler, target_layout=layout)
