@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from mousefacelift.cameras import (Camera, camera_rays, distort_normalized, intrinsics_from_fov, look_at, make_rig,
                                    stack_cameras, undistort_normalized)
