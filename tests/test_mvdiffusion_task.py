@@ -91,3 +91,22 @@ def test_bad_mvdiffusion_configs_fail_in_one_line(override, message, mv_shards):
     with pytest.raises(ConfigError, match=message) as e:
         build_task(compose("train", base + [f"shard_root={mv_shards}", override]))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path, mv_shards):
+    """Two ranks on the CPU (gloo): the input-camera head, called beside the UNet, is reduced too."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.run",
+           *SMALL, f"run_root={tmp_path}", f"data.shards={mv_shards}/mv", f"eval.shards={mv_shards}/mv",
+           "train.steps=3", "train.grad_accum=2"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ck = load_checkpoint(tmp_path / "mvdiffusion/checkpoints/last.pt")
+    assert ck["world_size"] == 2 and ck["step"] == 3
+    assert (tmp_path / "mvdiffusion/pipeline/model_index.json").exists()
