@@ -354,7 +354,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=5, help="baseline: Gaussians per pixel along its ray")
     ap.add_argument("--real", default=None, help="a source=real test split to score as well")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], help="configs/reconstruct.yaml overrides")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a configs/reconstruct.yaml override (repeat for several)")
     ap.add_argument("--figures", default=None, help="write the first mouse's sheet and turntable GIF here")
     ap.add_argument("--calibrate", default=None, metavar="SHARDS", help="print the silhouette reach of rendered "
                                                                          "mvinput inputs and exit")

@@ -85,3 +85,15 @@ def resample_view(image: np.ndarray, src_cam: Camera, out_cam: Camera, max_super
     valid = sample(np.ones(img.shape[:2], dtype=np.float32))
     extras = [sample(np.asarray(e, dtype=np.float32)) for e in extra]
     return out, valid, extras
+
+
+def threshold_mask(image: np.ndarray, threshold: float) -> np.ndarray:
+    """A given mask image (grey, RGB(A), any bit depth, possibly lossy) -> bool [H,W]: values
+    above ``threshold`` (0..255 scale, ``masks.given_threshold``) are foreground."""
+    a = np.asarray(image)
+    if a.ndim == 3:
+        a = a[..., :3].max(-1) if a.shape[-1] >= 3 else a[..., 0]
+    if a.dtype == np.bool_:
+        return a.copy()
+    scale = 255.0 / np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 255.0
+    return a.astype(np.float64) * scale > threshold

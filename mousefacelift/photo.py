@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from .cameras import Camera, intrinsics_from_fov, look_at
 from .config import ConfigError
-from .imaging import mask_pixels, resample_view
+from .imaging import mask_pixels, resample_view, threshold_mask
 
 __all__ = ["PhotoConfig", "PhotoError", "Photo", "FramedView", "read_photo", "read_mask", "foreground",
            "body_mask", "silhouette_reach", "frame_photo"]
@@ -134,15 +134,10 @@ def read_mask(path: str | Path, shape: tuple[int, int], threshold: float) -> np.
     on the 0..255 scale) of the photo's size -> bool [H,W]."""
     path = Path(path)
     im = _open_image(path, "mask")
-    a = np.asarray(im)
-    if a.ndim == 3:
-        a = a[..., :3].max(-1) if a.shape[-1] >= 3 else a[..., 0]
-    if a.shape != tuple(shape):
-        raise PhotoError(f"{path}: mask is {a.shape[1]}x{a.shape[0]} pixels, the photo {shape[1]}x{shape[0]}")
-    if a.dtype == np.bool_:
-        return a.copy()
-    scale = 255.0 / np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 255.0
-    return a.astype(np.float64) * scale > threshold
+    mask = threshold_mask(np.asarray(im), threshold)
+    if mask.shape != tuple(shape):
+        raise PhotoError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} pixels, the photo {shape[1]}x{shape[0]}")
+    return mask
 
 
 def foreground(photo: Photo, cfg: PhotoConfig, seg_cfg, mask_path: str | Path | None = None,

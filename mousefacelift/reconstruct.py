@@ -53,10 +53,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import facelift_views
+from .facelift_views import CAMERAS_JSON
 from .cameras import Camera, stack_cameras
 from .checkpoint import LAST, CheckpointError, UnreadableCheckpoint
 from .config import ConfigError, load_yaml, typed
 from .gaussians import Gaussians
+from .shards.sample import SampleError
 from .photo import IMAGE_SUFFIXES, PhotoConfig, PhotoError, foreground, frame_photo, read_photo
 from .segment import SegmentConfig
 
@@ -67,8 +70,6 @@ __all__ = ["ReconstructConfig", "ReconstructionError", "Stages", "load_config", 
 log = logging.getLogger("mousefacelift.reconstruct")
 
 CONFIG = "reconstruct"
-CAMERAS_JSON = "opencv_cameras.json"
-IMAGE_DIR = "images"
 WORLD = ("body-centred, Z up, 1 unit = 1 body length without the tail (docs/architecture.md §3); "
          "the input camera at azimuth 0")
 
@@ -246,70 +247,18 @@ class Stages:
 
 # -- views folders (FaceLift's layout) --------------------------------------------------------------
 def read_views(folder: str | os.PathLike) -> tuple[np.ndarray, list[Camera]]:
-    """uint8 RGBA [V,H,W,4] and cameras of a views folder (module docstring). Images without
-    alpha count as fully covered; a path leaving the folder is refused."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(folder)
-    path = folder / CAMERAS_JSON
+    """uint8 RGBA [V,H,W,4] and cameras of a views folder (:mod:`mousefacelift.facelift_views`:
+    images without alpha count as fully covered, a path leaving the folder is refused)."""
     try:
-        frames = json.loads(path.read_text())["frames"]
-    except FileNotFoundError:
-        raise PhotoError(f"{path} not found: {folder} is not a views folder") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PhotoError(f"{path}: not a camera file with 'frames' ({type(e).__name__}: {e})") from None
-    if not isinstance(frames, list) or not frames:
-        raise PhotoError(f"{path}: 'frames' must be a non-empty list")
-    root = folder.resolve()
-    images, cams = [], []
-    for i, f in enumerate(frames):
-        where = f"{path} frames[{i}]"
-        try:
-            K = np.array([[f["fx"], 0, f["cx"]], [0, f["fy"], f["cy"]], [0, 0, 1]], dtype=np.float64)
-            cam = Camera(K=K, w2c=np.asarray(f["w2c"], dtype=np.float64), width=int(f["w"]), height=int(f["h"]),
-                         name=Path(str(f["file_path"])).stem)
-        except KeyError as e:
-            raise PhotoError(f"{where}: missing field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise PhotoError(f"{where}: {e}") from None
-        rel = str(f["file_path"])
-        target = (root / rel).resolve()
-        if not rel or Path(rel).is_absolute() or not target.is_relative_to(root):
-            raise PhotoError(f"{where}: file_path {rel!r} leaves the views folder {folder}")
-        try:
-            with Image.open(target) as im:
-                has_alpha = im.mode in ("RGBA", "LA", "PA")
-                img = np.asarray(im.convert("RGBA"))
-        except FileNotFoundError:
-            raise PhotoError(f"{where}: image {target} does not exist") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise PhotoError(f"{target}: not a readable image ({type(e).__name__})") from None
-        if not has_alpha:
-            log.warning("%s has no alpha: treated as fully covered", target)
-        if img.shape[:2] != (cam.height, cam.width):
-            raise PhotoError(f"{target}: image is {img.shape[1]}x{img.shape[0]} but {where} says "
-                             f"{cam.width}x{cam.height}")
-        images.append(img)
-        cams.append(cam)
-    if len({im.shape for im in images}) != 1:
-        raise PhotoError(f"{folder}: views differ in size ({sorted({im.shape[:2] for im in images})})")
-    return np.stack(images), cams
+        _, rgba, cams = facelift_views.read_views(folder)
+    except SampleError as e:
+        raise PhotoError(str(e)) from None
+    return rgba, cams
 
 
 def write_views(folder: str | os.PathLike, rgba: np.ndarray, cameras: Sequence[Camera], extra: dict | None = None) -> Path:
     """Write uint8 RGBA views [V,H,W,4] and their cameras in the layout :func:`read_views` reads."""
-    from .shards.atomic import atomic_write_json
-    from .viz import save_png
-
-    folder = Path(folder)
-    frames = []
-    for i, (img, cam) in enumerate(zip(rgba, cameras)):
-        rel = f"{IMAGE_DIR}/cam_{i:03d}.png"
-        save_png(folder / rel, img)
-        frames.append({"w": cam.width, "h": cam.height, "fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy,
-                       "w2c": cam.w2c.tolist(), "file_path": rel})
-    atomic_write_json(folder / CAMERAS_JSON, {"frames": frames, **(extra or {})})
-    return folder
+    return facelift_views.write_views(folder, rgba, cameras, extra)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:
@@ -596,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--steps", type=int, help="denoising steps")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="configs/reconstruct.yaml overrides (put photos before --set)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a configs/reconstruct.yaml override (repeat --set for several)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing output folders")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap

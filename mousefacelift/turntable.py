@@ -53,6 +53,9 @@ def write_video(frames: np.ndarray, path: str | os.PathLike, fps: int = 20) -> P
                 imageio.mimsave(tmp, list(frames), fps=fps)
             except Exception as e:  # no ffmpeg plugin
                 raise RuntimeError(f"turntable: writing {path} needs imageio-ffmpeg ({e}); use a .gif path") from e
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes it private; the video is an ordinary output
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -222,7 +222,7 @@ def test_import_refuses_image_paths_outside_the_folder(tmp_path, capsys, kind):
     assert export.main(["--import", str(tmp_path / "fl"), str(out), "--source", "real", "--mm-per-unit", "1",
                         "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "leaves the sample folder" in err and "frames[0]" in err
+    assert len(err.splitlines()) == 1 and "leaves the folder" in err and "frames[0]" in err
     assert not out.exists()
 
 

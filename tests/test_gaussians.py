@@ -1,4 +1,6 @@
 """Gaussians container: validation, pruning, SH padding and the 3DGS .ply round trip."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,6 @@ def test_turntable_gif_shows_the_object_from_all_sides(tmp_path):
     assert c[0, 0] > c[0, 2] and c[2, 2] > c[2, 0]
     path = save_turntable(g, tmp_path / "spin.gif", frames=4, size=32)
     assert len(imageio.mimread(path)) == 4
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask      # readable like any output, not private

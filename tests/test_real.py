@@ -13,7 +13,8 @@ from mousefacelift.shards import MultiViewSample
 from synth.real.calibration import Calibration, load_calibration, save_calibration
 from synth.real.fake_capture import FakeCaptureConfig
 from synth.real.ingest import ingest
-from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
+from mousefacelift.imaging import threshold_mask
+from synth.real.masks import MaskConfig, median_background, subtract_background
 from synth.real.normalize import (NormalizeConfig, Normalization, build_real_sample, estimate_normalization,
                                   mask_is_cut, normalize_frame_set, rotation_between, rotation_to_z, triangulate)
 

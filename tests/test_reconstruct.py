@@ -20,8 +20,8 @@ from mousefacelift.photo import PhotoError, body_mask, frame_photo, silhouette_r
 from mousefacelift.reconstruct import CAMERAS_JSON, clean_gaussians, load_config, main, read_views
 from mousefacelift.segment import ModelSegmentConfig, SegmentationError, segment, segment_builtin
 
-FAST = ["--set", "turntable.frames=4", "turntable.size=32", "sheet_tile=32", "segmentation.work_size=96",
-        "--steps", "2", "--quiet"]
+FAST = ["--set", "turntable.frames=4", "--set", "turntable.size=32", "--set", "sheet_tile=32",
+        "--set", "segmentation.work_size=96", "--steps", "2", "--quiet"]
 PLY_LAYOUT = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
               "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 
@@ -283,5 +283,5 @@ def test_views_folder_paths_must_stay_inside(tmp_path):
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(tmp_path / "outside.png")
     frame = {"w": 8, "h": 8, "fx": 8, "fy": 8, "cx": 4, "cy": 4, "w2c": np.eye(4).tolist(), "file_path": "../outside.png"}
     (tmp_path / "v" / CAMERAS_JSON).write_text(json.dumps({"frames": [frame]}))
-    with pytest.raises(PhotoError, match="leaves the views folder"):
+    with pytest.raises(PhotoError, match="leaves the folder"):
         read_views(tmp_path / "v")

@@ -31,7 +31,8 @@ from mousefacelift.shards import (ShardError, ShardWriter, check_writable_dir, c
                                   rebuild_manifest)
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
-from synth.real.masks import MaskConfig, median_background, subtract_background, threshold_mask
+from mousefacelift.imaging import threshold_mask
+from synth.real.masks import MaskConfig, median_background, subtract_background
 from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_frame_set
 
 log = logging.getLogger("synth.ingest_real")

@@ -43,6 +43,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mousefacelift.cameras import Camera
+from mousefacelift.facelift_views import (CAMERAS_JSON, IMAGE_DIR, frame_record, image_name, inside_folder,
+                                          read_views)
 from mousefacelift.shards import (MultiViewSample, SCHEMA, SOURCES, SampleError, ShardError, ShardWriter,
                                   atomic_write_bytes, check_writable_dir)
 from mousefacelift.viz import resize_rgba
@@ -50,15 +52,9 @@ from synth.tools.inspect import iter_samples
 
 log = logging.getLogger("synth.export")
 
-CAMERAS_JSON = "opencv_cameras.json"
 DATA_LIST = "data_list.txt"
-IMAGE_DIR = "images"
 DEFAULT_SIZE = 512            # FaceLift / GS-LRM training resolution
 RESAMPLE = "lanczos"          # what FaceLift's own loader uses when it resizes
-
-
-def image_name(i: int) -> str:
-    return f"{IMAGE_DIR}/cam_{i:03d}.png"
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -68,8 +64,7 @@ def facelift_frames(cameras: list[Camera]) -> list[dict[str, Any]]:
         if c.dist is not None:
             raise ValueError(f"view {i} ({c.name}) has lens distortion; FaceLift expects undistorted pinhole "
                              "images (undistort at ingest)")
-        out.append({"w": c.width, "h": c.height, "fx": c.fx, "fy": c.fy, "cx": c.cx, "cy": c.cy,
-                    "w2c": c.w2c.tolist(), "file_path": image_name(i)})
+        out.append(frame_record(c, image_name(i)))
     return out
 
 
@@ -160,23 +155,6 @@ def sample_dirs(root: str | Path) -> list[Path]:
     return dirs
 
 
-class PathOutsideFolder(SampleError):
-    """A camera file names an image outside its sample folder."""
-
-
-def inside_folder(folder: Path, file_path, where: str, field: str = "file_path") -> Path:
-    """``file_path`` (of a FaceLift frame) resolved inside ``folder``. Camera files come from
-    elsewhere: an absolute path, a ``..`` or a symlink leading out would copy any image on
-    this machine into the shards, so such a path is refused."""
-    rel = str(file_path)
-    root = folder.resolve()
-    target = (root / rel).resolve()
-    if not rel or Path(rel).is_absolute() or not target.is_relative_to(root):
-        raise PathOutsideFolder(f"{where}: {field} {rel!r} leaves the sample folder {folder}; expected a path "
-                                f"inside it (e.g. {image_name(0)!r})")
-    return target
-
-
 def check_import_paths(dirs: list[Path]) -> None:
     """Every frame's file_path of every folder, before anything is written."""
     for d in dirs:
@@ -193,14 +171,8 @@ def check_import_paths(dirs: list[Path]) -> None:
 def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: float | None = None) -> MultiViewSample:
     """One FaceLift folder -> MultiViewSample (no depth). ``source``/``mm_per_unit`` override or
     supply what the folder's ``mfl_meta`` (present when we exported it) does not say."""
+    doc, rgba, cams = read_views(folder)
     path = folder / CAMERAS_JSON
-    try:
-        doc = json.loads(path.read_text())
-        frames = doc["frames"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SampleError(f"{path}: not a FaceLift camera file ({type(e).__name__}: {e})") from None
-    if not isinstance(frames, list) or not frames:
-        raise SampleError(f"{path}: 'frames' must be a non-empty list")
     meta = dict(doc.get("mfl_meta") or {})
     meta["schema"] = SCHEMA
     if source:
@@ -212,31 +184,6 @@ def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: f
     if not meta.get("mm_per_unit"):
         raise SampleError(f"{path}: mm_per_unit unknown; pass --mm-per-unit (millimetres per world unit)")
     meta.setdefault("imported_from", str(folder))
-    cams, rgba = [], []
-    for i, f in enumerate(frames):
-        where = f"{path} frames[{i}]"
-        try:
-            K = np.array([[f["fx"], 0, f["cx"]], [0, f["fy"], f["cy"]], [0, 0, 1]], dtype=np.float64)
-            cam = Camera(K=K, w2c=np.asarray(f["w2c"], dtype=np.float64), width=int(f["w"]), height=int(f["h"]),
-                         name=Path(str(f["file_path"])).stem)
-            img_path = inside_folder(folder, f["file_path"], where)
-        except KeyError as e:
-            raise SampleError(f"{where}: missing field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise SampleError(f"{where}: {e}") from None
-        try:
-            with Image.open(img_path) as im:
-                mode = im.mode
-                img = np.asarray(im.convert("RGBA"))
-        except OSError as e:
-            raise SampleError(f"{img_path}: not a readable image ({e})") from None
-        if mode not in ("RGBA", "LA", "PA"):
-            log.warning("%s is %s without alpha: coverage set to the whole frame", img_path, mode)
-        if img.shape[:2] != (cam.height, cam.width):
-            raise SampleError(f"{img_path}: image is {img.shape[1]}x{img.shape[0]} but {where} says "
-                              f"{cam.width}x{cam.height}")
-        cams.append(cam)
-        rgba.append(img)
     arrays = {}
     for f in sorted(folder.glob("*.npy")):
         inside_folder(folder, f.name, str(folder), "array file")     # a symlink leading out is refused too
@@ -246,10 +193,7 @@ def read_facelift_sample(folder: Path, source: str | None = None, mm_per_unit: f
             raise SampleError(f"{f}: not a plain numeric .npy ({e})") from None
     key = str(doc.get("scene_name") or folder.name)
     key = _KEY_BAD.sub("_", key)
-    sizes = {r.shape for r in rgba}
-    if len(sizes) != 1:
-        raise SampleError(f"{folder}: views have different sizes {sorted(sizes)}; shards need one size per sample")
-    return MultiViewSample(key=key, meta=meta, rgba=np.stack(rgba), cameras=cams, arrays=arrays).validate()
+    return MultiViewSample(key=key, meta=meta, rgba=rgba, cameras=cams, arrays=arrays).validate()
 
 
 def import_facelift(root: str | Path, out_dir: str | Path, source: str | None = None, mm_per_unit: float | None = None,
