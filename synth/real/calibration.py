@@ -13,14 +13,24 @@ OpenCV JSON/YAML layout (``R``, ``t``: world-to-camera, ``x_cam = R X + t``)::
       - {name: cam0, width: 1152, height: 1024,
          K: [[fx, s, cx], [0, fy, cy], [0, 0, 1]], dist: [k1, k2, p1, p2, k3],
          R: [[...], [...], [...]], t: [tx, ty, tz]}
+
+anipose / sleap-anipose ``calibration.toml`` (``CameraGroup.dump``): one table per camera
+(``[cam_0]``, ``[cam_1]``, ... taken in index order) with ``name``, ``size = [w, h]``,
+``matrix`` (3x3), ``distortions`` (OpenCV, 4/5/8), ``rotation`` (Rodrigues vector) and
+``translation`` (world-to-camera), plus an optional ``[metadata]`` table. The file carries no
+unit (it is that of the board's square length at calibration), so it comes from ``units`` in
+``[metadata]`` or a ``[board]`` table when present, else from the caller, else an error.
 """
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from mousefacelift.cameras import Camera
 
@@ -51,12 +61,13 @@ class Calibration:
         return out
 
 
-def _check_units(stated: str | None, expected: str | None, path: Path) -> str:
+def _check_units(stated: str | None, expected: str | None, path: Path,
+                 hint: str = "add 'units: mm|cm|m' to the file or pass --units") -> str:
     for u, who in ((stated, "file"), (expected, "config")):
         if u is not None and u not in MM_PER_UNIT:
             raise ValueError(f"{path}: units {u!r} ({who}) not understood; expected one of {sorted(MM_PER_UNIT)}")
     if stated is None and expected is None:
-        raise ValueError(f"{path}: calibration units are not stated; add 'units: mm|cm|m' to the file or pass --units")
+        raise ValueError(f"{path}: calibration units are not stated; {hint}")
     if stated is not None and expected is not None and stated != expected:
         raise ValueError(f"{path}: calibration is in {stated!r} but the config expects {expected!r}; "
                          "fix the file or --units (a wrong unit rescales every camera)")
@@ -65,7 +76,8 @@ def _check_units(stated: str | None, expected: str | None, path: Path) -> str:
 
 def load_calibration(path: str | Path, units: str | None = None,
                      image_size: tuple[int, int] | None = None) -> Calibration:
-    """Read a DANNCE ``.mat`` (always millimetres) or an OpenCV ``.json``/``.yaml``/``.yml``.
+    """Read a DANNCE ``.mat`` (always millimetres), an OpenCV ``.json``/``.yaml``/``.yml`` or an
+    anipose / sleap-anipose ``.toml``.
 
     ``units`` is what the caller expects (asserted against the file). ``image_size``
     (width, height) overrides the DANNCE default 1152x1024.
@@ -93,7 +105,14 @@ def load_calibration(path: str | Path, units: str | None = None,
         except Exception as e:
             raise ValueError(f"{path}: cannot parse {ext[1:].upper()} ({e})") from None
         return _from_dict(data, path, units, image_size)
-    raise ValueError(f"{path}: unknown calibration format {ext!r}; expected .mat (DANNCE), .json or .yaml")
+    if ext == ".toml":
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot parse TOML ({e})") from None
+        return _from_anipose(data, path, units)
+    raise ValueError(f"{path}: unknown calibration format {ext!r}; expected .mat (DANNCE), .json or .yaml (OpenCV), "
+                     ".toml (anipose)")
 
 
 def _matrix(entry: dict, name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -159,27 +178,104 @@ def _from_dict(data, path: Path, units: str | None, image_size) -> Calibration:
             if image_size is None:
                 raise ValueError(f"{where}: missing 'width'/'height' (or pass image_size)")
             size = image_size
-        for field_name, v in zip(("width", "height"), size):
-            try:
-                fv = float(v)
-            except (TypeError, ValueError):
-                fv = float("nan")
-            if isinstance(v, bool) or not np.isfinite(fv) or fv != int(fv) or fv <= 0:
-                raise ValueError(f"{where}: field {field_name!r} is {v!r}; expected a positive whole number of pixels")
-        w2c = np.eye(4)
-        w2c[:3, :3] = R
-        w2c[:3, 3] = t
-        try:
-            cams.append(Camera(K=K, w2c=w2c, width=int(size[0]), height=int(size[1]),
-                               name=str(entry.get("name", f"cam{i}")), dist=dist if dist.size else None))
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+        w, h = (_pixels(v, where, f) for f, v in zip(("width", "height"), size))
+        cams.append(_camera(where, str(entry.get("name", f"cam{i}")), K, R, t, dist, w, h))
+    _check_unique(cams, path)
+    return Calibration(cameras=cams, units=u, up=up / np.linalg.norm(up), path=str(path))
+
+
+def _pixels(v, where: str, name: str) -> int:
+    try:
+        fv = float(v)
+    except (TypeError, ValueError):
+        fv = float("nan")
+    if isinstance(v, bool) or not np.isfinite(fv) or fv != int(fv) or fv <= 0:
+        raise ValueError(f"{where}: field {name!r} is {v!r}; expected a positive whole number of pixels")
+    return int(fv)
+
+
+def _camera(where: str, name: str, K: np.ndarray, R: np.ndarray, t: np.ndarray, dist: np.ndarray,
+            width: int, height: int) -> Camera:
+    """The one place a reader's checked arrays become a :class:`Camera` (errors prefixed by ``where``)."""
+    w2c = np.eye(4)
+    w2c[:3, :3] = R
+    w2c[:3, 3] = t
+    try:
+        return Camera(K=K, w2c=w2c, width=width, height=height, name=name, dist=dist if dist.size else None)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _check_unique(cams: list[Camera], path: Path) -> None:
     names = [c.name for c in cams]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"{path}: camera names must be unique (frames, masks and dropped views are matched by "
                          f"name); repeated: {dup}")
-    return Calibration(cameras=cams, units=u, up=up / np.linalg.norm(up), path=str(path))
+
+
+ANIPOSE_NON_CAMERA = ("metadata", "board")
+ANIPOSE_UNITS_HINT = ("anipose calibration.toml carries no length unit (it is the unit of the board's square length "
+                      "at calibration); pass --units mm|cm|m, set 'units:' in the ingest config, or add "
+                      "units = \"mm\" under [metadata]")
+
+
+def _from_anipose(data: dict, path: Path, units: str | None) -> Calibration:
+    """anipose / sleap-anipose ``CameraGroup.dump`` layout (see the module docstring)."""
+    stated = None
+    for sec in ANIPOSE_NON_CAMERA:
+        table = data.get(sec)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [{sec}] must be a table, got {type(table).__name__}")
+        u = table.get("units")
+        if u is not None:
+            if stated is not None and u != stated:
+                raise ValueError(f"{path}: [metadata] units {stated!r} and [board] units {u!r} disagree")
+            stated = u
+    u = _check_units(stated, units, path, ANIPOSE_UNITS_HINT)
+    sections = [k for k in data if k not in ANIPOSE_NON_CAMERA]
+    if not sections:
+        raise ValueError(f"{path}: no camera section; expected [cam_0], [cam_1], ... (anipose calibration.toml)")
+
+    def order(k: str):
+        m = re.fullmatch(r"cam_(\d+)", k)
+        return (0, int(m.group(1)), "") if m else (1, 0, k)
+
+    cams = []
+    for sec in sorted(sections, key=order):
+        entry = data[sec]
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: top-level key {sec!r} is {type(entry).__name__}; expected a camera table "
+                             "[cam_N] (or [metadata])")
+        if "name" not in entry:
+            raise ValueError(f"{path}: section [{sec}]: missing field 'name'")
+        name = str(entry["name"])
+        where = f"{path}: camera {name!r}, section [{sec}]"
+        if entry.get("fisheye"):
+            raise ValueError(f"{where}: field 'fisheye' is true; only the OpenCV pinhole model with standard "
+                             "distortions is supported")
+        K = _matrix(entry, "matrix", (3, 3), where)
+        rvec = _matrix(entry, "rotation", (3,), where)
+        t = _matrix(entry, "translation", (3,), where)
+        if "distortions" not in entry:
+            raise ValueError(f"{where}: missing field 'distortions'")
+        try:
+            dist = np.asarray(entry["distortions"], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: field 'distortions' is not numeric ({entry['distortions']!r})") from None
+        if dist.size not in (0, 4, 5, 8):
+            raise ValueError(f"{where}: field 'distortions' has {dist.size} values; expected 4, 5 or 8 OpenCV "
+                             "coefficients [k1, k2, p1, p2, k3, ...]")
+        _check_finite(dist, where, "distortions")
+        size = entry.get("size")
+        if not isinstance(size, list) or len(size) != 2:
+            raise ValueError(f"{where}: field 'size' is {size!r}; expected [width, height] in pixels")
+        w, h = (_pixels(v, where, f"size ({f})") for f, v in zip(("width", "height"), size))
+        cams.append(_camera(where, name, K, Rotation.from_rotvec(rvec).as_matrix(), t, dist, w, h))
+    _check_unique(cams, path)
+    return Calibration(cameras=cams, units=u, path=str(path))
 
 
 def calibration_to_dict(cal: Calibration) -> dict:

@@ -4,8 +4,11 @@
     python -m synth.ingest_real --calib cams.yaml --frames rec/frames --masks rec/masks --out shards/real \
         normalize.size=512 frames.step=5
 
+``--calib`` reads DANNCE ``.mat``, OpenCV ``.json``/``.yaml`` and anipose / sleap-anipose
+``calibration.toml`` (which states no length unit: give ``--units``).
 ``--videos``/``--frames``/``--masks`` take one path per camera in calibration order, or a
-single folder holding one entry per camera named after it (``Camera1/``, ``Camera1.mp4``).
+single folder holding one entry per camera named after it (``Camera1/``, ``Camera1.mp4``; or,
+as anipose names them, ending in ``-NAME``/``camNAME``: ``rec1-camA.mp4`` for camera ``A``).
 Without ``--masks`` the mouse is found by per-camera median background subtraction.
 
 Output: ``OUT/{train,val,test}/real-{k:06d}.tar`` + manifest.json per split (mousefacelift.shards:
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -79,11 +83,23 @@ def resolve_inputs(spec: Sequence[str] | None, cameras: Sequence[str], what: str
         return paths
     if len(paths) == 1 and paths[0].is_dir():
         entries = {e.stem if e.is_file() else e.name: e for e in paths[0].iterdir()}
-        missing = [c for c in cameras if c not in entries]
+        found = {c: entries[c] for c in cameras if c in entries}
+        for c in cameras:
+            if c in found:
+                continue
+            # anipose names videos after the session with the camera last ("rec1-camA.mp4" for camera "A")
+            tail = re.compile(r"(?:^|[^0-9A-Za-z]|cam)" + re.escape(c) + r"$", re.IGNORECASE)
+            hits = [k for k in entries if tail.search(k) and entries[k] not in found.values()]
+            if len(hits) > 1:
+                raise ValueError(f"--{what} {paths[0]}: camera {c!r} matches several entries {sorted(hits)}; "
+                                 "keep one entry per camera")
+            if hits:
+                found[c] = entries[hits[0]]
+        missing = [c for c in cameras if c not in found]
         if not missing:
-            return [entries[c] for c in cameras]
+            return [found[c] for c in cameras]
         raise ValueError(f"--{what} {paths[0]}: no entry for cameras {missing} (have {sorted(entries)}); expected one "
-                         "sub-folder or file per camera, named as in the calibration")
+                         "sub-folder or file per camera, named as in the calibration (or ending in '-NAME'/'camNAME')")
     raise ValueError(f"--{what}: got {len(paths)} paths for {len(cameras)} cameras ({list(cameras)}); give one per camera "
                      "in calibration order, or one folder with an entry per camera")
 
@@ -221,13 +237,14 @@ def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibr
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m synth.ingest_real", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--calib", required=True, help="label3d_dannce.mat, or OpenCV cams.json / cams.yaml")
+    ap.add_argument("--calib", required=True, help="label3d_dannce.mat, OpenCV cams.json / cams.yaml, or anipose calibration.toml")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", nargs="+", help="one video per camera (or one folder of them)")
     src.add_argument("--frames", nargs="+", help="one image folder per camera (or one folder of them)")
     ap.add_argument("--masks", nargs="+", help="given masks: one video/image folder per camera (or one folder of them)")
     ap.add_argument("--out", default=None, help="output folder (split sub-folders are created); default run.out")
-    ap.add_argument("--units", default=None, help="expected calibration units, asserted against the file (mm|cm|m)")
+    ap.add_argument("--units", default=None, help="calibration units (mm|cm|m): asserted against the file; required for an "
+                    "anipose calibration.toml that does not state them")
     ap.add_argument("--config", default="ingest", help="a name in configs/real/ or a YAML file (default: ingest)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides (normalize.size=512 frames.step=5 ...)")
     return ap
