@@ -13,8 +13,11 @@ Without ``--masks`` the mouse is found by per-camera median background subtracti
 
 Output: ``OUT/{train,val,test}/real-{k:06d}.tar`` + manifest.json per split (mousefacelift.shards:
 atomic, resumable — shards already complete with the same config are not redone). Frame
-sets that cannot be normalised (no mouse, masks that disagree) are skipped with the reason
-in the manifest. See synth/real/normalize.py for the normalisation.
+sets that cannot be normalised (no mouse, masks that disagree, a hull implausible for a mouse)
+are skipped with the reason in the manifest. A camera that disagrees with the others is left
+out of that frame set and named (log, printed summary, ``meta.normalization.cameras_dropped``);
+one that disagrees in most frame sets is reported once more at the end. Exits non-zero when
+nothing was written. See synth/real/normalize.py for the normalisation and the checks.
 """
 from __future__ import annotations
 
@@ -189,6 +192,7 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
         n_shards = (len(frames) + S - 1) // S
         written = skipped = 0
         reasons: list[str] = []
+        cams_dropped: dict[str, int] = {}
         for k in tqdm(range(n_shards), desc=f"ingest {split}", unit="shard", disable=n_shards < 2):
             if k in done:
                 log.info("%s shard %d already complete, skipped (resume)", split, k)
@@ -203,14 +207,34 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
                         reasons.append(f"frame {f}: {e}")
                         log.warning("frame %d skipped: %s", f, e)
                         continue
+                    for name, d in sample.meta["normalization"]["cameras_dropped"].items():
+                        cams_dropped[name] = cams_dropped.get(name, 0) + 1
+                        log.warning("frame %d: camera %s dropped, it disagrees with the others (score %s)", f, name,
+                                    d["score"])
                     w.write(sample.encode())
                     written += 1
         held = sum(r.samples for k, r in complete_shards(out, prefix=prefix, config_hash=chash).items() if k < n_shards)
         report[split] = {"frames": len(frames), "written": written, "skipped": skipped, "shards": n_shards,
-                         "samples": held, "first_skip": reasons[0] if reasons else None}
+                         "samples": held, "first_skip": reasons[0] if reasons else None,
+                         "cameras_dropped": cams_dropped}
         log.info("%s: %d frames -> %d samples written, %d skipped, %d shards in %s", split, len(frames), written,
                  skipped, n_shards, out)
+    for line in persistent_bad_cameras(report):
+        log.error("%s", line)
     return report
+
+
+def persistent_bad_cameras(report: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per camera that was dropped as disagreeing in most of the frame sets processed
+    by this run: that is a calibration (or camera) fault, not a bad frame."""
+    total = sum(r["written"] + r["skipped"] for r in report.values())
+    counts: dict[str, int] = {}
+    for r in report.values():
+        for name, n in r["cameras_dropped"].items():
+            counts[name] = counts.get(name, 0) + n
+    return [f"camera {name} disagrees with the other cameras in {n} of {total} frame sets and was left out of them: "
+            "its calibration is likely wrong (e.g. a copy of another camera's); fix it or drop the camera"
+            for name, n in sorted(counts.items()) if total and 2 * n > total]
 
 
 def _manifest_lists(out: Path, done: Mapping[int, Any]) -> bool:
@@ -267,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for split, r in report.items():
+        gone = ", ".join(f"{k} in {n}" for k, n in sorted(r["cameras_dropped"].items()))
         print(f"{split:6s} {r['frames']:6d} frames  {r['written']:6d} written  {r['skipped']:5d} skipped  "
-              f"{r['shards']:4d} shards")
+              f"{r['shards']:4d} shards" + (f"  cameras dropped: {gone}" if gone else ""))
+    for line in persistent_bad_cameras(report):
+        print(f"WARNING: {line}", file=sys.stderr)
     if not sum(r["samples"] for r in report.values()):
         # an empty set is never what was asked for: every frame set was skipped (or none selected)
         first = next((r["first_skip"] for r in report.values() if r["first_skip"]), None)

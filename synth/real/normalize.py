@@ -24,6 +24,13 @@ A view whose mask touches the sensor border (the mouse ran off that camera) abst
 hull beyond its frame and is left out of the sample (``views_dropped`` names it and why); a
 frame set with fewer than ``min_views`` usable views is skipped with the reason.
 
+Checks that refuse nonsense rather than write it: every camera is scored against the others
+(:func:`camera_consistency`, leave-one-out visual-hull agreement); one that disagrees (a wrong
+or swapped calibration) is left out of the hull and the sample and named with its score
+(``cameras_dropped``). A hull that cannot be a mouse (a handful of voxels, a body far shorter
+or longer than ``body_length_mm`` or the species default) skips the frame set with the reason
+(:func:`check_plausible`).
+
 Everything is recorded in ``meta.json`` under ``normalization``.
 """
 from __future__ import annotations
@@ -62,6 +69,10 @@ class NormalizeConfig:
     keep_background: bool
     depth_margin: float
     min_mask_pixels: int
+    camera_consistency_min: float
+    species_body_length_mm: float
+    plausible_length_range: tuple[float, float]
+    min_hull_voxels: int
 
 
 @dataclass
@@ -157,21 +168,34 @@ def _carve(cams: Sequence[Camera], dist_maps: Sequence[np.ndarray], cut: Sequenc
     carved = np.zeros(len(P), dtype=np.int32)     # away from the mask (or behind / outside a whole-mouse view)
     seen = np.zeros(len(P), dtype=np.int32)       # touching the mask
     for cam, dmap, is_cut in zip(cams, dist_maps, cut):
-        h, w = dmap.shape
-        uv, z = cam.project(P)
-        front = z > 0
-        uv = np.where(front[:, None], uv, 0.0)
-        cu, cv = np.clip(uv[:, 0], 0.5, w - 0.5), np.clip(uv[:, 1], 0.5, h - 0.5)
-        off = np.hypot(uv[:, 0] - cu, uv[:, 1] - cv)                 # distance outside the frame (px)
-        in_frame = front & (off == 0)
-        near = np.maximum(off, dmap[(cv - 0.5).astype(np.int64), (cu - 0.5).astype(np.int64)] - off)
-        r_px = max(cam.fx, cam.fy) * radius / np.maximum(z, 1e-9) + 0.5
-        inside = front & (near <= r_px)
+        in_frame, inside = _touches_mask(cam, dmap, P, radius)
         votes = in_frame if is_cut else np.ones(len(P), dtype=bool)  # a cut view abstains outside its frame
         carved += votes & ~inside
         seen += inside
     keep = (carved <= tolerance) & (seen >= max(2, min_views))
     return P[keep], vox
+
+
+def _touches_mask(cam: Camera, dmap: np.ndarray, P: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per point (a voxel centre, ``radius`` its half-diagonal): (projects in front of ``cam``
+    and inside its frame, touches its mask), ``dmap`` the distance of every pixel to the mask.
+    See :func:`_carve` for the out-of-frame rule."""
+    h, w = dmap.shape
+    uv, z = cam.project(P)
+    front = z > 0
+    uv = np.where(front[:, None], uv, 0.0)
+    cu, cv = np.clip(uv[:, 0], 0.5, w - 0.5), np.clip(uv[:, 1], 0.5, h - 0.5)
+    off = np.hypot(uv[:, 0] - cu, uv[:, 1] - cv)                 # distance outside the frame (px)
+    in_frame = front & (off == 0)
+    near = np.maximum(off, dmap[(cv - 0.5).astype(np.int64), (cu - 0.5).astype(np.int64)] - off)
+    r_px = max(cam.fx, cam.fy) * radius / np.maximum(z, 1e-9) + 0.5
+    return in_frame, front & (near <= r_px)
+
+
+def _dist_map(mask: np.ndarray) -> np.ndarray:
+    """Distance of every pixel to the nearest mask pixel (inf everywhere for an empty mask)."""
+    return (ndimage.distance_transform_edt(~np.asarray(mask, dtype=bool)) if np.any(mask)
+            else np.full(np.shape(mask), np.inf))
 
 
 def mask_is_cut(mask: np.ndarray, margin_px: int) -> bool:
@@ -189,8 +213,7 @@ def visual_hull(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], center_m
     over the previous hull's box grown by one voxel. The box of the kept voxels contains the
     true hull (conservative by at most about one voxel per side).
     """
-    dist_maps = [ndimage.distance_transform_edt(~np.asarray(m, dtype=bool)) if np.any(m)
-                 else np.full(np.shape(m), np.inf) for m in masks]
+    dist_maps = [_dist_map(m) for m in masks]
     cut = [mask_is_cut(m, cfg.edge_margin_px) for m in masks]
     half = cfg.hull_box_mm / 2
     lo, hi = center_mm - half, center_mm + half
@@ -239,9 +262,10 @@ def body_voxels(pts: np.ndarray, vox: np.ndarray, radius_fraction: float) -> np.
     return pts[keep]
 
 
-def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], up: np.ndarray,
-                           cfg: NormalizeConfig) -> tuple[Normalization, dict]:
-    """World origin and scale of one frame set from its masks (see module docstring)."""
+def mask_centre(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray],
+                cfg: NormalizeConfig) -> tuple[np.ndarray, list[int], list[float]]:
+    """First mouse centre (mm): the undistorted mask centroids triangulated; returns it, the
+    views used and their residuals (px)."""
     usable = [i for i, m in enumerate(masks) if int(np.count_nonzero(m)) >= cfg.min_mask_pixels]
     if len(usable) < 2:
         raise ValueError(f"only {len(usable)} views have a mask of >= {cfg.min_mask_pixels} pixels; need 2 to triangulate")
@@ -257,6 +281,58 @@ def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray
         pcams.append(pc)
     c0 = triangulate(pcams, np.asarray(cents))
     resid = [float(np.linalg.norm(pc.project(c0[None])[0][0] - c)) for pc, c in zip(pcams, cents)]
+    return c0, usable, resid
+
+
+def camera_consistency(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], judge: Sequence[int],
+                       cfg: NormalizeConfig, exclude: Sequence[int] = ()) -> dict[int, float | None]:
+    """Leave-one-out agreement of each view in ``judge`` with the others: the visual hull of
+    all OTHER views, projected into this one, and the share of its in-frame voxels that touch
+    this view's mask (1 = agrees).
+
+    A share, not an IoU: the others' hull is looser than the mouse (fewer cones), so only its
+    falling OUTSIDE this mask says this camera is wrong. ``None`` when the others' hull is
+    empty or out of this view's frame: the disagreement then lies among the others (a bad
+    camera empties the hull of every leave-one-out set that holds it), so this view is not
+    judged. A camera whose calibration is another's sees the others' mouse far off its mask.
+    Views in ``exclude`` (already found to disagree) take part in no hull."""
+    out: dict[int, float | None] = {}
+    for i in judge:
+        rest = [j for j in range(len(cams_mm)) if j != i and j not in exclude]
+        try:
+            c0, _, _ = mask_centre([cams_mm[j] for j in rest], [masks[j] for j in rest], cfg)
+            _, _, pts, vox = visual_hull([cams_mm[j] for j in rest], [masks[j] for j in rest], c0, cfg)
+        except ValueError:
+            out[i] = None
+            continue
+        in_frame, inside = _touches_mask(cams_mm[i], _dist_map(masks[i]), pts, 0.5 * float(np.linalg.norm(vox)))
+        n = int(np.count_nonzero(in_frame))
+        out[i] = round(float(np.count_nonzero(inside & in_frame)) / n, 4) if n else None
+    return out
+
+
+def check_plausible(diag: dict, cfg: NormalizeConfig) -> None:
+    """Raise when the hull cannot be a mouse: a handful of voxels (masks that barely overlap,
+    a tail alone), or a body box whose longest extent is outside ``plausible_length_range``
+    times the expected body length (``body_length_mm``, else ``species_body_length_mm``) —
+    e.g. a tail stretched to a whole body, or a shadow or reflection carved with the mouse."""
+    if diag["hull_voxels"] < cfg.min_hull_voxels:
+        raise ValueError(f"implausible for a mouse: visual hull of {diag['hull_voxels']} voxels < "
+                         f"normalize.min_hull_voxels {cfg.min_hull_voxels} (masks barely agree)")
+    expected = float(cfg.body_length_mm or cfg.species_body_length_mm)
+    lo, hi = (f * expected for f in cfg.plausible_length_range)
+    length = float(max(diag["body_extent_mm"]))
+    if not lo <= length <= hi:
+        which = "body_length_mm" if cfg.body_length_mm else "species_body_length_mm"
+        raise ValueError(f"implausible for a mouse: body box longest extent {length:.1f} mm outside "
+                         f"[{lo:.1f}, {hi:.1f}] mm (normalize.plausible_length_range {list(cfg.plausible_length_range)} "
+                         f"x normalize.{which} {expected:g})")
+
+
+def estimate_normalization(cams_mm: Sequence[Camera], masks: Sequence[np.ndarray], up: np.ndarray,
+                           cfg: NormalizeConfig) -> tuple[Normalization, dict]:
+    """World origin and scale of one frame set from its masks (see module docstring)."""
+    c0, usable, resid = mask_centre(cams_mm, masks, cfg)
     R_up = rotation_to_z(up)
     # The hull uses every view (a view with an empty mask rightly carves everything away).
     _, _, pts, vox = visual_hull(cams_mm, masks, c0, cfg)
@@ -341,11 +417,40 @@ def normalize_frame_set(frames: Sequence[np.ndarray], masks: Sequence[np.ndarray
             raise ValueError(f"camera {i} ({c.name}): calibration says {c.width}x{c.height} but the frame is "
                              f"{f.shape[1]}x{f.shape[0]} and the mask {m.shape[1]}x{m.shape[0]}")
     dropped = dropped_views(masks, cams_mm, cfg)
+    judge = [i for i, c in enumerate(cams_mm) if c.name not in dropped]
+    # One camera at a time, the worst first: a bad camera also narrows the hulls its partners are
+    # judged by (a looser-than-mouse hull may spill off a good mask), so the rest are scored again
+    # without it.
+    scores = camera_consistency(cams_mm, masks, judge, cfg)
+    bad: dict[str, float] = {}
+    while True:
+        low = [(s, i) for i, s in scores.items()
+               if s is not None and s < cfg.camera_consistency_min and cams_mm[i].name not in bad]
+        if not low or len(judge) - len(bad) <= cfg.min_views:
+            break
+        s_min, worst = min(low)
+        bad[cams_mm[worst].name] = s_min
+        out = [i for i in range(len(cams_mm)) if cams_mm[i].name in bad]
+        scores = {**camera_consistency(cams_mm, masks, [i for i in judge if i not in out], cfg, exclude=out),
+                  **{i: bad[cams_mm[i].name] for i in out}}
+    bad.update({cams_mm[i].name: s for i, s in scores.items()
+                if s is not None and s < cfg.camera_consistency_min and cams_mm[i].name not in bad})
+    for name, s in bad.items():
+        dropped[name] = (f"disagrees with the other cameras: {s:.0%} of their visual hull falls on its mask < "
+                         f"normalize.camera_consistency_min {cfg.camera_consistency_min:.0%} (calibration wrong?)")
     if len(cams_mm) - len(dropped) < cfg.min_views:
         raise ValueError(f"only {len(cams_mm) - len(dropped)} of {len(cams_mm)} views are usable (normalize.min_views = "
                          f"{cfg.min_views}); dropped: " + ", ".join(f"{k} ({v})" for k, v in dropped.items()))
-    norm, diag = estimate_normalization(cams_mm, masks, up, cfg)
+    # a disagreeing camera is left out of the hull too (it would carve the mouse away)
+    kept = [i for i, c in enumerate(cams_mm) if c.name not in bad]
+    norm, diag = estimate_normalization([cams_mm[i] for i in kept], [masks[i] for i in kept], up, cfg)
+    diag["views_used_for_centre"] = [kept[i] for i in diag["views_used_for_centre"]]
+    check_plausible(diag, cfg)
     diag["views_dropped"] = dropped
+    diag["camera_consistency"] = {cams_mm[i].name: s for i, s in scores.items()}
+    diag["cameras_dropped"] = {name: {"score": s, "rule": "leave-one-out visual-hull agreement < "
+                                      f"normalize.camera_consistency_min {cfg.camera_consistency_min}"}
+                               for name, s in bad.items()}
     body_lo, body_hi = (np.asarray(b) for b in diag["body_box"])
     views = []
     for i, (frame, mask, cam) in enumerate(zip(frames, masks, cams_mm)):
