@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -59,6 +58,7 @@ from .cameras import Camera, stack_cameras
 from .checkpoint import LAST, CheckpointError, UnreadableCheckpoint
 from .config import ConfigError, load_yaml, typed
 from .gaussians import Gaussians
+from .shards.atomic import atomic_dir
 from .shards.sample import SampleError
 from .photo import IMAGE_SUFFIXES, PhotoConfig, PhotoError, foreground, frame_photo, read_photo
 from .segment import SegmentConfig
@@ -462,17 +462,6 @@ def reconstruct_input(job: Job, stages: Stages, cfg: ReconstructConfig, out_dir:
     return record
 
 
-def _place(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an existing one (``--overwrite``) is replaced."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 # -- command line ---------------------------------------------------------------------------------
 def collect_photos(inputs: Sequence[str]) -> list[Path]:
     """Photo files, and the images of folders (sorted, not recursive)."""
@@ -627,18 +616,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for job in tqdm(jobs, desc="reconstruct", unit="input", disable=args.quiet or len(jobs) == 1):
-        tmp = out / f".{job.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         try:
-            record = reconstruct_input(job, stages, cfg, tmp, device, args.elevation, args.fov, not args.quiet)
-            _place(tmp, out / job.name)
+            with atomic_dir(out / job.name) as tmp:
+                record = reconstruct_input(job, stages, cfg, tmp, device, args.elevation, args.fov, not args.quiet)
         except (PhotoError, ReconstructionError, ConfigError) as e:
             print(f"reconstruct: error: {e}", file=sys.stderr)
             failed += 1
             continue
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         c = record["gaussians"]["counts"]
         log.info("%s: %d of %d Gaussians kept -> %s (%.1f s)", job.name, c["kept"], c["raw"], out / job.name,
                  sum(record["timings_s"].values()))

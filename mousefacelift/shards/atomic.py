@@ -1,4 +1,4 @@
-"""Never half-written: atomic file writes, writable-folder checks and the shard error type.
+"""Never half-written: atomic file and folder writes, writable-folder checks and the shard error type.
 
 Every file the project publishes (shards, sidecars, manifests, calibrations, frames,
 checkpoints) is written through :func:`atomic_file`: a temporary name ``NAME.tmp-<host>-<pid>``
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,3 +131,26 @@ def check_writable_dir(out_dir: str | Path) -> Path:
     finally:
         unlink_quiet(probe)
     return out
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """A folder built under a temporary name beside ``final`` (``.NAME.tmp-<pid>``), moved into
+    place when the block ends without an error, replacing an existing ``final``; after an error
+    nothing is left, and an existing ``final`` is untouched."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -31,9 +31,7 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from mousefacelift.facelift_views import (CAMERAS_JSON, IMAGE_DIR, frame_record,
                                           read_views)
 from mousefacelift.shards import (MultiViewSample, SCHEMA, SOURCES, SampleError, ShardError, ShardWriter,
                                   atomic_write_bytes, check_writable_dir)
+from mousefacelift.shards.atomic import atomic_dir
 from mousefacelift.viz import resize_rgba
 from synth.tools.inspect import iter_samples
 
@@ -75,11 +74,8 @@ def export_sample(sample: MultiViewSample, out_dir: Path, size: int | None = DEF
         raise ValueError(f"{sample.key}: images are {W}x{H}; FaceLift needs square images (use --size none "
                          "to keep them as they are, or crop at ingest)")
     target = out_dir / sample.key
-    tmp = out_dir / f".{sample.key}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / IMAGE_DIR).mkdir(parents=True)
-    try:
+    with atomic_dir(target) as tmp:
+        (tmp / IMAGE_DIR).mkdir()
         cams = []
         for i, cam in enumerate(sample.cameras):
             rgba = sample.rgba[i]
@@ -93,12 +89,6 @@ def export_sample(sample: MultiViewSample, out_dir: Path, size: int | None = DEF
         (tmp / CAMERAS_JSON).write_text(json.dumps(doc, indent=1))
         for name, arr in sample.arrays.items():      # pose.npy, joints.npy: FaceLift ignores them
             np.save(tmp / f"{name}.npy", np.asarray(arr), allow_pickle=False)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 

@@ -12,7 +12,6 @@ measured is what a user runs.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,12 @@ from mousefacelift.config import ConfigError, typed
 from mousefacelift.diffusion.codec import build_codec
 from mousefacelift.diffusion.image_encoder import build_image_encoder
 from mousefacelift.diffusion.pipeline import MVDiffusionPipeline
-from mousefacelift.diffusion.schedule import SCHEDULERS, build_scheduler, min_snr_weights, v_target
+from mousefacelift.diffusion.schedule import (SCHEDULERS, alphas_cumprod_at, build_scheduler, min_snr_weights,
+                                              v_target)
 from mousefacelift.diffusion.weights import load_pretrained_unet
 from mousefacelift.models import build_model, model_config
 from mousefacelift.models.mvdiffusion import MVDiffusionConfig, view_conditioning
+from mousefacelift.shards.atomic import atomic_dir
 
 from ...evaluate import WeightedMeans, eval_batches, mean_novel_image
 from ...settings import EvalConfig
@@ -160,7 +161,7 @@ class MVDiffusionTask(Task):
         keep = lambda x, drop: x * (~drop).to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         t = torch.randint(0, int(self.noise.config.num_train_timesteps), (B,), device=device)
         noise = torch.randn_like(x0)
-        ac = self.noise.alphas_cumprod.to(device)[t].float().reshape(B, 1, 1, 1, 1)
+        ac = alphas_cumprod_at(self.noise, t, device).reshape(B, 1, 1, 1, 1)
         noisy = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
         pred = model(noisy, t, keep(cond, drop_latent), keep(embed, drop_image), camera)
         head = getattr(model, "module", model).predict_input_camera(cond, embed)
@@ -237,25 +238,19 @@ class MVDiffusionTask(Task):
         return means.result(device), panel
 
     def export(self, model: torch.nn.Module, out_dir: Path, step: int) -> Path | None:
-        """``{out_dir}/pipeline``: the diffusers folder users load (written beside, then swapped in,
+        """``{out_dir}/pipeline``: the diffusers folder users load (built beside, then swapped in,
         so a crash never leaves a half-written pipeline under that name)."""
         if not self.diffusion.export:
             return None
         final = Path(out_dir) / "pipeline"
-        tmp, old = final.with_name("pipeline.tmp"), final.with_name("pipeline.old")
-        for stale in (tmp, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.pipeline(model).save_pretrained(tmp)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(final) as tmp:
+            self.pipeline(model).save_pretrained(tmp)
         return final
 
     def image_panel(self, batch: dict[str, Any], prediction: DiffusionPrediction) -> np.ndarray:
         """Training panel: the one-step x0 estimate of each target at the step's noise level."""
         p = prediction
-        ac = self.noise.alphas_cumprod.to(p.noisy.device)[p.timesteps].float().reshape(-1, 1, 1, 1, 1)
+        ac = alphas_cumprod_at(self.noise, p.timesteps, p.noisy.device).reshape(-1, 1, 1, 1, 1)
         x0 = ac.sqrt() * p.noisy.float() - (1 - ac).sqrt() * p.pred.float()
         with torch.no_grad():
             views = self.codec.decode(x0[:1].flatten(0, 1)).unflatten(0, (1, x0.shape[1])).clamp(0, 1)
