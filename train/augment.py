@@ -18,6 +18,10 @@ The augmentation contract (tested in tests/test_data_augment.py):
    pixels at the training resolution) that no camera can explain: the input image is warped,
    the input camera is left as it was (the recorded truth), and the supervised target views
    are never touched. It mimics the small non-rigid inconsistencies of diffusion outputs.
+3. **Lab-camera look** (``lab_camera``, :mod:`mousefacelift.labcamera`): grey-scale / IR
+   response, sensor noise, defocus and motion blur, vignetting, H.264-like compression, drawn
+   per input view after the warps. It changes colour only: alpha stays the truth, pixels do not
+   move, so the camera and the input depth still describe the view (tests/test_lab_camera.py).
 
 Warps operate on premultiplied colour + alpha, and the background is composited afterwards,
 so borders uncovered by a warp show the background colour, never smeared foreground.
@@ -32,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mousefacelift.config import load_typed
+from mousefacelift.labcamera import LabCameraConfig, lab_camera_views
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5)}
 
@@ -88,6 +93,7 @@ class AugmentConfig:
     jitter_principal_px: float  # max principal-point shift, in training pixels
     grid_distortion_px: float   # max displacement of the smooth warp, in training pixels
     grid_cells: int             # control-point cells per side of the warp field
+    lab_camera: LabCameraConfig  # the lab-camera look of input views (colour only)
 
     @classmethod
     def from_yaml(cls, **overrides: Any) -> AugmentConfig:
@@ -146,11 +152,14 @@ def augment_inputs(rgb: torch.Tensor, alpha: torch.Tensor, K: torch.Tensor, c2w:
     """Augment input views (straight-alpha rgb [Vi,3,H,W], alpha, K [Vi,3,3], c2w [Vi,4,4]).
 
     Returns (rgb, alpha, K, c2w, info) where K/c2w are the cameras the warped images truly
-    have under the contract in the module docstring, and ``info`` records what was done.
+    have under the contract in the module docstring, and ``info`` records what was done:
+    ``jittered`` [Vi], ``grid_px`` [Vi], ``lab_camera`` [Vi] (the look was applied) and
+    ``lab_looks`` (each view's :class:`~mousefacelift.labcamera.LabLook` or None).
     """
     Vi, _, H, W = rgb.shape
     rgb, alpha, K, c2w = rgb.clone(), alpha.clone(), K.clone(), c2w.clone()
-    info = {"jittered": torch.zeros(Vi, dtype=torch.bool), "grid_px": torch.zeros(Vi)}
+    info = {"jittered": torch.zeros(Vi, dtype=torch.bool), "grid_px": torch.zeros(Vi),
+            "lab_camera": torch.zeros(Vi, dtype=torch.bool), "lab_looks": [None] * Vi}
     if not cfg.enabled:
         return rgb, alpha, K, c2w, info
     base = torch.from_numpy(np.stack(np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5, indexing="xy"), -1)
@@ -172,4 +181,8 @@ def augment_inputs(rgb: torch.Tensor, alpha: torch.Tensor, K: torch.Tensor, c2w:
         a = out[3:4].clamp(0, 1)
         rgb[i] = torch.where(a > 1e-6, out[:3] / a.clamp_min(1e-6), torch.zeros_like(out[:3])).clamp(0, 1)
         alpha[i] = a
+    if cfg.lab_camera.enabled:      # after the warps: the camera sees the (warped) scene
+        rgb, looks = lab_camera_views(rgb, alpha, cfg.lab_camera, rng)
+        info["lab_camera"] = torch.tensor([lk is not None for lk in looks], dtype=torch.bool)
+        info["lab_looks"] = looks
     return rgb, alpha, K, c2w, info
