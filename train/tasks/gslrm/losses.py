@@ -13,6 +13,9 @@ configs/phase/*.yaml):
   with ``has_depth``) and the render has any coverage (alpha > ``depth_min_alpha``, 0.01): the
   alpha-normalised expected depth against the true planar depth, as a relative Charbonnier
   error, so a faint cloud is still pulled to the surface and near and far cameras weigh alike;
+- ``real_depth``: the same depth term on ``source=real`` samples (:func:`approximate_depth`:
+  their depth is only ever a body model fitted to 3D keypoints), weighted by
+  ``real_depth_weight`` (0 = off) and never by ``depth_weight``;
 - ``pointmap``: :func:`pointmap_depth_loss`, each pixel-aligned Gaussian's depth in its input
   camera vs the input pixel's true depth (relative error; batch ``input_depth``; 0 = unknown,
   e.g. augmented views); needs ``gaussians``;
@@ -42,7 +45,7 @@ from mousefacelift.config import load_typed
 from ...metrics import masked_psnr
 
 __all__ = ["LossConfig", "compute_losses", "composite_target", "rendered_depth_loss", "pointmap_depth_loss",
-           "pixel_alpha_loss", "VGGPerceptual", "load_perceptual"]
+           "pixel_alpha_loss", "VGGPerceptual", "load_perceptual", "approximate_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,8 @@ class LossConfig:
     opacity_reg_weight: float
     scale_reg_weight: float
     scale_reg_max: float             # world units; larger Gaussians are penalised
+    real_depth_weight: float = 0.0   # depth of source=real samples, only ever approximate (body fitted to keypoints,
+                                     # meta depth_source=body_fit); the one default: configs/train.yaml does not state it
 
     @classmethod
     def from_yaml(cls, **overrides: Any) -> LossConfig:
@@ -235,6 +240,17 @@ def pixel_alpha_loss(gaussians, input_alpha: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(op, input_alpha.reshape(B, V, H * W).to(op.dtype).clamp(0, 1))
 
 
+def approximate_depth(batch: Mapping[str, Any], device=None) -> torch.Tensor:
+    """[B] bool: samples whose depth is an approximation (source=real: real captures carry no
+    measured depth; the only depth they can have is a fitted body's, meta depth_source=body_fit),
+    scored by ``real_depth_weight`` instead of ``depth_weight`` and kept out of the point map."""
+    B = batch["rgb"].shape[0]
+    src = batch.get("source")
+    if src is None:
+        return torch.zeros(B, dtype=torch.bool, device=device)
+    return torch.tensor([str(s) == "real" for s in src], dtype=torch.bool, device=device)
+
+
 def compute_losses(render_out, batch: Mapping[str, Any], cfg: LossConfig, step: int, gaussians=None):
     """Weighted total and a dict of the (unweighted, detached) terms; see the module docstring."""
     target = batch["rgb"].to(render_out.rgb.dtype)
@@ -252,13 +268,22 @@ def compute_losses(render_out, batch: Mapping[str, Any], cfg: LossConfig, step: 
             a = (render_out.alpha - mask).abs().mean()
         parts["alpha"] = a
         total = total + cfg.alpha_weight * a
+    approx = approximate_depth(batch, render_out.depth.device)
+    has_depth = batch.get("has_depth")
+    has_depth = torch.ones_like(approx) if has_depth is None else has_depth.to(approx.device, torch.bool).reshape(-1)
     if cfg.depth_weight > 0 and batch.get("depth") is not None:
-        d = rendered_depth_loss(render_out, batch["depth"], batch.get("has_depth"), cfg.depth_loss, cfg.depth_eps,
+        d = rendered_depth_loss(render_out, batch["depth"], has_depth & ~approx, cfg.depth_loss, cfg.depth_eps,
                                 cfg.depth_min_alpha)
         parts["depth"] = d
         total = total + cfg.depth_weight * d
+    if cfg.real_depth_weight > 0 and batch.get("depth") is not None:
+        rd = rendered_depth_loss(render_out, batch["depth"], has_depth & approx, cfg.depth_loss, cfg.depth_eps,
+                                 cfg.depth_min_alpha)
+        parts["real_depth"] = rd
+        total = total + cfg.real_depth_weight * rd
     if cfg.pointmap_weight > 0 and gaussians is not None and "input_depth" in batch:
-        pm = pointmap_depth_loss(gaussians, batch["input_c2w"], batch["input_depth"], batch["input_alpha"],
+        exact = (~approx).to(batch["input_depth"].dtype).reshape(-1, *([1] * (batch["input_depth"].ndim - 1)))
+        pm = pointmap_depth_loss(gaussians, batch["input_c2w"], batch["input_depth"] * exact, batch["input_alpha"],
                                  cfg.input_mask_threshold, cfg.depth_loss, cfg.depth_eps)
         parts["pointmap"] = pm
         total = total + cfg.pointmap_weight * pm
