@@ -59,6 +59,7 @@ class LossConfig:
     alpha_weight: float
     alpha_loss: str                  # "l1" or "bce"
     depth_weight: float
+    real_depth_weight: float         # source=real depth (body fitted to keypoints): approximate, off by default
     depth_loss: str                  # "charbonnier" or "l1", on the relative depth error
     depth_eps: float                 # relative error where the Charbonnier turns from quadratic to linear
     depth_min_alpha: float           # rendered depth is scored where the render's alpha exceeds this
@@ -72,8 +73,6 @@ class LossConfig:
     opacity_reg_weight: float
     scale_reg_weight: float
     scale_reg_max: float             # world units; larger Gaussians are penalised
-    real_depth_weight: float = 0.0   # depth of source=real samples, only ever approximate (body fitted to keypoints,
-                                     # meta depth_source=body_fit); the one default: configs/train.yaml does not state it
 
     @classmethod
     def from_yaml(cls, **overrides: Any) -> LossConfig:
