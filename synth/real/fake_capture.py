@@ -13,13 +13,21 @@ real DANNCE 6-camera rig by default, optionally downscaled for CI). Per camera a
    distortion) by remapping, and a little sensor noise is added.
 
 Written out: ``frames/{camera}/NNNNNN.png``, ``masks/{camera}/NNNNNN.png`` (the true
-silhouettes), ``calibration.json`` (OpenCV layout, mm) and ``truth.json`` +
+silhouettes), ``background/{camera}/000000.png`` (the empty arena, for ``--background``),
+``calibration.json`` (OpenCV layout, mm; or ``calibration.toml``, anipose, without units or
+up), ``truth_calibration.json`` (the true cameras) and ``truth.json`` +
 ``truth_vertices.npy`` / ``truth_faces.npy`` (mouse mesh per frame in mm), which
 :func:`check_round_trip` compares against what ``synth.ingest_real`` recovered. The truth
 normalisation follows the framing rule ingest follows (:mod:`mousefacelift.framing`): the
 box of the mesh WITHOUT THE TAIL (known here per vertex) sets centre and scale.
 
     python -m synth.fake_capture --calib label3d_dannce.mat --out OUT --downscale 4
+
+Failure modes of real recordings, each off by default (configs/real/fake_capture.yaml): a
+resting mouse (``--rest``), a floor reflection (``--reflection``), a copied camera
+calibration (``--copy-calibration``), an arbitrary world frame (``--world-frame arbitrary``),
+an anipose calibration file (``--calibration-format anipose``), and an albino mouse on dark
+bedding in grey-scale (``--floor bedding --greyscale`` with a white ``fur_color``).
 """
 from __future__ import annotations
 
@@ -67,17 +75,38 @@ class FakeCaptureConfig:
     fur_color: tuple[float, float, float]
     skin_color: tuple[float, float, float]
     fill: float
+    floor: Literal["checker", "bedding"]
+    greyscale: bool
+    rest: bool
+    rest_breathing: float
+    rest_tail_sweep_deg: float
+    reflection: float
+    world_frame: Literal["rig", "arbitrary"]
+    calibration_format: Literal["json", "anipose"]
+    copy_calibration: tuple[str, str] | None
 
     def __post_init__(self):
         if self.renderer not in ("blender", "raster"):
             raise ValueError(f"fake capture renderer: expected blender or raster, got {self.renderer!r}")
         if self.frames < 1 or self.downscale < 1:
             raise ValueError(f"fake capture: frames and downscale must be >= 1, got {self.frames}, {self.downscale}")
+        if not 0 <= self.reflection <= 1:
+            raise ValueError(f"fake capture reflection: expected a strength in [0, 1], got {self.reflection}")
+        if self.floor not in ("checker", "bedding"):
+            raise ValueError(f"fake capture floor: expected checker or bedding, got {self.floor!r}")
+        if self.world_frame not in ("rig", "arbitrary"):
+            raise ValueError(f"fake capture world_frame: expected rig or arbitrary, got {self.world_frame!r}")
+        if self.calibration_format not in ("json", "anipose"):
+            raise ValueError("fake capture calibration_format: expected json or anipose, got "
+                             f"{self.calibration_format!r}")
 
 
 # -- the mouse ----------------------------------------------------------------------------
-def mouse_track(model, cfg: FakeCaptureConfig) -> list[np.ndarray]:
-    """Mouse vertices in mm (rig world) per frame: rest pose, walking along a circle."""
+def mouse_track(model, cfg: FakeCaptureConfig, keep: np.ndarray | None = None) -> list[np.ndarray]:
+    """Mouse vertices in mm (rig world) per frame: rest pose walking along a circle; with
+    ``cfg.rest`` it stays at the circle's first point instead, breathing (the body, ``keep``,
+    swells by ``rest_breathing`` across its long axis) while the tail sweeps sideways by up to
+    ``rest_tail_sweep_deg`` about its root: what a per-pixel median absorbs."""
     from mousefacelift.body import PoseParams
 
     rng = np.random.default_rng(cfg.seed)
@@ -87,13 +116,39 @@ def mouse_track(model, cfg: FakeCaptureConfig) -> list[np.ndarray]:
     rest = model.pose(p).vertices[0].detach().cpu().numpy().astype(np.float64) * model.mm_per_unit * cfg.mouse_scale
     rest[:, :2] -= (rest[:, :2].min(0) + rest[:, :2].max(0)) / 2
     for k in range(cfg.frames):
-        phase = phase0 + 2 * math.pi * k / max(cfg.frames, 1)
-        yaw = phase + math.pi / 2 + rng.normal(0, 0.2)           # heading roughly along the path
+        local = rest
+        if cfg.rest:
+            local = _resting_pose(rest, keep, k, cfg)
+            phase = phase0
+            yaw = phase + math.pi / 2
+        else:
+            phase = phase0 + 2 * math.pi * k / max(cfg.frames, 1)
+            yaw = phase + math.pi / 2 + rng.normal(0, 0.2)       # heading roughly along the path
         c, s = math.cos(yaw), math.sin(yaw)
         R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
         pos = np.array([*cfg.arena_center_mm, 0.0]) + cfg.path_radius_mm * np.array([math.cos(phase), math.sin(phase), 0])
-        out.append(rest @ R.T + pos)
+        out.append(local @ R.T + pos)
     return out
+
+
+def _resting_pose(rest: np.ndarray, keep: np.ndarray | None, k: int, cfg: FakeCaptureConfig) -> np.ndarray:
+    """Frame ``k`` of a resting mouse (body along +x, tail towards -x): breathing and a tail sweep."""
+    v = rest.copy()
+    body = np.ones(len(v), bool) if keep is None else np.asarray(keep, bool)
+    c = (v[body].min(0) + v[body].max(0)) / 2
+    breath = 1.0 + cfg.rest_breathing * math.sin(2 * math.pi * k / 5.0)
+    v[body, 1:] = c[1:] + (v[body, 1:] - c[1:]) * breath
+    tail = ~body
+    if tail.any():
+        root = v[tail][np.argmax(v[tail, 0])]                      # the tail vertex nearest the body
+        # swung from its root: the whole tail moves, its first tenth bending into the sweep
+        reach = np.clip((root[0] - v[tail, 0]) / max(0.1 * float(np.ptp(v[tail, 0])), 1e-9), 0, 1)
+        ang = math.radians(cfg.rest_tail_sweep_deg) * math.sin(2 * math.pi * k / max(cfg.frames, 2) + 0.5) * reach
+        d = v[tail, :2] - root[:2]
+        ca, sa = np.cos(ang), np.sin(ang)
+        v[tail, 0] = root[0] + ca * d[:, 0] - sa * d[:, 1]
+        v[tail, 1] = root[1] + sa * d[:, 0] + ca * d[:, 1]
+    return v
 
 
 def truth_normalization(verts_mm: np.ndarray, up: np.ndarray, fill: float,
@@ -144,15 +199,19 @@ def _raster_views(verts: np.ndarray, faces: np.ndarray, face_region: np.ndarray,
 
 
 def render_mouse(verts_n: np.ndarray, model, cams_n: Sequence[Camera], cfg: FakeCaptureConfig,
-                 renderer=None) -> tuple[np.ndarray, np.ndarray]:
+                 renderer=None, mirrored: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """RGBA (float 0..255, straight alpha) and planar depth of the mouse for pinhole cameras
-    in the normalised truth frame."""
+    in the normalised truth frame; ``mirrored``: the vertices are a mirror image (the faces are
+    turned so that normals still point out)."""
     mats = _materials(model, cfg)
+    faces = np.asarray(model.faces)
+    if mirrored:
+        faces = faces[:, ::-1].copy()
     if cfg.renderer == "raster":
         colors = np.array([mats[r].base_color for r in model.region_names])
-        return _raster_views(verts_n, np.asarray(model.faces), np.asarray(model.face_regions), colors, cams_n)
+        return _raster_views(verts_n, faces, np.asarray(model.face_regions), colors, cams_n)
     lo, hi = verts_n.min(0), verts_n.max(0)
-    scene = SceneSpec(meshes=[MeshSpec(vertices=verts_n.astype(np.float32), faces=np.asarray(model.faces),
+    scene = SceneSpec(meshes=[MeshSpec(vertices=verts_n.astype(np.float32), faces=faces,
                                        face_region=np.asarray(model.face_regions), regions=list(model.region_names),
                                        materials=mats)],
                       cameras=depth_range_for(cams_n, lo, hi),
@@ -192,17 +251,26 @@ def arena_background(cam_mm: Camera, cfg: FakeCaptureConfig, rng: np.random.Gene
         hit = (disc > 0) & (t > 0) & (z >= 0) & (z <= cfg.wall_height_mm)
         ang = np.arctan2(o[1] + t * dy - centre[1], o[0] + t * dx - centre[0])
         stripe = (np.floor(ang / (2 * math.pi) * 72) % 2)[:, None]
-        img[hit] = (np.array([150.0, 155, 165]) + 25 * stripe)[hit]
+        if cfg.floor == "bedding":      # clear acrylic: the dim room shows through, faint seams
+            img[hit] = img[hit] + 6 + 4 * stripe[hit]
+        else:
+            img[hit] = (np.array([150.0, 155, 165]) + 25 * stripe)[hit]
     # floor: z = 0 inside the disc, checker tiles with per-tile tint and fine grain
     with np.errstate(invalid="ignore", divide="ignore"):
         t = -o[2] / d[:, 2]
     p = o[None, :2] + t[:, None] * d[:, :2]
     on = (d[:, 2] < 0) & (np.linalg.norm(p - centre, axis=1) <= cfg.arena_radius_mm)
-    ti = np.floor(p[on] / cfg.checker_mm).astype(np.int64)
-    tint = rng.uniform(-18, 18, size=(64, 64))[ti[:, 0] % 64, ti[:, 1] % 64]
-    check = ((ti[:, 0] + ti[:, 1]) % 2)[:, None]
-    grain = 8 * np.sin(p[on, 0] * 0.9) * np.sin(p[on, 1] * 1.3)
-    img[on] = np.array([200.0, 190, 170]) - 55 * check + (tint + grain)[:, None]
+    if cfg.floor == "bedding":
+        # dark bedding: small chips (2 mm cells) of random brightness over a dark base, as under an albino mouse
+        ci = np.floor(p[on] / 2.0).astype(np.int64)
+        chip = rng.uniform(-9, 9, size=(256, 256))[ci[:, 0] % 256, ci[:, 1] % 256]
+        img[on] = np.array([34.0, 33, 31]) + chip[:, None]
+    else:
+        ti = np.floor(p[on] / cfg.checker_mm).astype(np.int64)
+        tint = rng.uniform(-18, 18, size=(64, 64))[ti[:, 0] % 64, ti[:, 1] % 64]
+        check = ((ti[:, 0] + ti[:, 1]) % 2)[:, None]
+        grain = 8 * np.sin(p[on, 0] * 0.9) * np.sin(p[on, 1] * 1.3)
+        img[on] = np.array([200.0, 190, 170]) - 55 * check + (tint + grain)[:, None]
     return np.clip(img, 0, 255).reshape(H, W, 3)
 
 
@@ -235,9 +303,12 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
         cams_mm = [c.resized(c.width // cfg.downscale, c.height // cfg.downscale) for c in cams_mm]
     model = load_body_model("procedural")
     keep = body_keep(model)
-    track = mouse_track(model, cfg)
+    track = mouse_track(model, cfg, keep)
     rng = np.random.default_rng(cfg.seed + 1)
     backgrounds = [arena_background(c, cfg, rng) for c in cams_mm]
+    # the written world: the rig's, or (world_frame: arbitrary) moved by a random rigid transform
+    world = _world_transform(cfg)
+    up_w = world[:3, :3] @ np.asarray(calibration.up, np.float64)
     renderer = None
     if cfg.renderer == "blender":
         from blender.backend import BlenderRenderer
@@ -247,38 +318,129 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
     frames = {c.name: [] for c in cams_mm}
     masks = {c.name: [] for c in cams_mm}
     truths = []
+    mirror = np.diag([1.0, 1.0, -1.0])            # the floor plane z = 0 of the rig world
     try:
         for k, verts_mm in enumerate(track):
-            tn, blo, bhi = truth_normalization(verts_mm, calibration.up, cfg.fill, keep)
+            tn, _, _ = truth_normalization(verts_mm, calibration.up, cfg.fill, keep)
             verts_n = tn.points_to_norm(verts_mm)
             pins = []
             for c in cams_mm:
                 pad = int(round(cfg.canvas_pad * max(c.width, c.height)))
                 pins.append(tn.camera(pinhole(c)).cropped(-pad, -pad, c.width + 2 * pad, c.height + 2 * pad))
             rgba, _ = render_mouse(verts_n, model, pins, cfg, renderer)
-            for cam, pin, img, bg in zip(cams_mm, pins, rgba, backgrounds):
+            refl = (render_mouse(tn.points_to_norm(verts_mm @ mirror), model, pins, cfg, renderer, mirrored=True)[0]
+                    if cfg.reflection > 0 else [None] * len(pins))
+            for cam, pin, img, bg, rimg in zip(cams_mm, pins, rgba, backgrounds, refl):
+                if rimg is not None:
+                    # the floor's mirror image of the mouse at lower contrast: in the frame, not in the mask
+                    rw = distort_into(rimg, pin, cam)
+                    ra = cfg.reflection * np.clip(rw[..., 3:4] / 255.0, 0, 1)
+                    bg = rw[..., :3] * ra + bg * (1 - ra)
                 warped = distort_into(img, pin, cam)
                 a = np.clip(warped[..., 3:4] / 255.0, 0, 1)
                 comp = warped[..., :3] * a + bg * (1 - a)      # straight alpha over the arena
+                if cfg.greyscale:
+                    comp = comp @ np.array([0.299, 0.587, 0.114])
                 comp += rng.normal(0, cfg.noise_sigma, size=comp.shape)
                 frames[cam.name].append(np.clip(np.rint(comp), 0, 255).astype(np.uint8))
                 masks[cam.name].append(((a[..., 0] > 0.5) * 255).astype(np.uint8))
-            truths.append({"frame": k, "center_mm": tn.center_mm.tolist(), "mm_per_unit": tn.mm_per_unit,
+            verts_w = verts_mm @ world[:3, :3].T + world[:3, 3]
+            tw, blo, bhi = truth_normalization(verts_w, up_w, cfg.fill, keep)
+            truths.append({"frame": k, "center_mm": tw.center_mm.tolist(), "mm_per_unit": tw.mm_per_unit,
                            "fill": cfg.fill, "body_box_mm": [blo.tolist(), bhi.tolist()]})
             log.info("fake frame %d/%d rendered (%s)", k + 1, len(track), cfg.renderer)
     finally:
         if renderer is not None:
             renderer.close()
-    for c in cams_mm:
+    for c, bg in zip(cams_mm, backgrounds):
         write_image_folder(out / "frames" / c.name, frames[c.name])
         write_image_folder(out / "masks" / c.name, masks[c.name])
-    save_calibration(out / "calibration.json", Calibration(cameras=cams_mm, units="mm", up=calibration.up))
-    _save_npy(out / "truth_vertices.npy", np.stack(track).astype(np.float32))
+        # the empty arena (what --background takes), with the same sensor noise and colour mode
+        empty = bg @ np.array([0.299, 0.587, 0.114]) if cfg.greyscale else bg
+        empty = empty + rng.normal(0, cfg.noise_sigma, size=empty.shape)
+        write_image_folder(out / "background" / c.name, [np.clip(np.rint(empty), 0, 255).astype(np.uint8)])
+    true_cal = Calibration(cameras=[_moved(c, world) for c in cams_mm], units="mm", up=up_w)
+    save_calibration(out / TRUE_CALIBRATION, true_cal)
+    written = _written_calibration(true_cal, cfg)
+    cal_name = "calibration.toml" if cfg.calibration_format == "anipose" else "calibration.json"
+    for stale in ("calibration.toml", "calibration.json"):
+        if stale != cal_name and (out / stale).exists():
+            (out / stale).unlink()
+    if cfg.calibration_format == "anipose":
+        save_anipose_calibration(out / cal_name, written)
+    else:
+        save_calibration(out / cal_name, written)
+    verts_written = np.stack([v @ world[:3, :3].T + world[:3, 3] for v in track])
+    _save_npy(out / "truth_vertices.npy", verts_written.astype(np.float32))
     _save_npy(out / "truth_faces.npy", np.asarray(model.faces, dtype=np.int64))
     truth = {"frames": truths, "cameras": [c.name for c in cams_mm], "config": asdict(cfg),
-             "calibration": str(calibration.path)}
+             "calibration": str(calibration.path), "calibration_file": cal_name, "units": "mm",
+             "world_from_rig": world.tolist(), "up": up_w.tolist()}
     atomic_write_json(out / "truth.json", truth)
     return truth
+
+
+TRUE_CALIBRATION = "truth_calibration.json"
+
+
+def _world_transform(cfg: FakeCaptureConfig) -> np.ndarray:
+    """4x4 rig -> written world: identity, or a random rigid motion (up no longer +Z)."""
+    T = np.eye(4)
+    if cfg.world_frame == "arbitrary":
+        from scipy.spatial.transform import Rotation
+
+        rng = np.random.default_rng(cfg.seed + 7)
+        R = Rotation.random(random_state=int(rng.integers(2 ** 31))).as_matrix()
+        if abs(R[2, 2]) > 0.9:                  # make sure up really moves away from +Z
+            R = Rotation.from_euler("x", 60, degrees=True).as_matrix() @ R
+        T[:3, :3] = R
+        T[:3, 3] = rng.uniform(-500, 500, 3)
+    return T
+
+
+def _moved(cam: Camera, world: np.ndarray) -> Camera:
+    """``cam`` expressed in the world ``X' = world @ X`` (rigid)."""
+    return replace(cam, w2c=cam.w2c @ np.linalg.inv(world))
+
+
+def _written_calibration(true_cal: Calibration, cfg: FakeCaptureConfig) -> Calibration:
+    """What the recording's calibration file says: the truth, or (``copy_calibration``
+    [src, dst]) with camera dst's calibration replaced by camera src's, name kept — a real
+    fixture error the frames know nothing of."""
+    cams = list(true_cal.cameras)
+    if cfg.copy_calibration:
+        names = [c.name for c in cams]
+        src, dst = (str(n) for n in cfg.copy_calibration)
+        for n in (src, dst):
+            if n not in names:
+                raise ValueError(f"fake capture copy_calibration: no camera {n!r} (cameras: {names})")
+        cams[names.index(dst)] = replace(cams[names.index(src)], name=dst)
+    # an anipose file states no up: its readers assume +Z
+    return Calibration(cameras=cams, units="mm", up=true_cal.up)
+
+
+def save_anipose_calibration(path: str | Path, cal: Calibration) -> None:
+    """Write ``cal`` as anipose's ``calibration.toml`` (``CameraGroup.dump`` layout: ``[cam_N]``
+    with name, size, matrix, distortions, rotation (OpenCV Rodrigues), translation, then
+    ``[metadata]``). Like anipose, no length unit and no up direction are written: the reader
+    needs ``--units``, and takes +Z as up."""
+    import cv2
+
+    def arr(a) -> str:
+        a = np.asarray(a, np.float64)
+        if a.ndim == 0:
+            return repr(float(a))
+        return "[ " + ", ".join(arr(x) for x in a) + ",]"
+
+    parts = []
+    for i, c in enumerate(cal.cameras):
+        rvec = cv2.Rodrigues(np.ascontiguousarray(c.w2c[:3, :3]))[0].ravel()
+        dist = np.zeros(5) if c.dist is None else np.asarray(c.dist, np.float64).ravel()
+        parts.append(f"[cam_{i}]\nname = {json.dumps(str(c.name))}\nsize = [ {int(c.width)}, {int(c.height)},]\n"
+                     f"matrix = {arr(c.K)}\ndistortions = {arr(dist)}\nrotation = {arr(rvec)}\n"
+                     f"translation = {arr(c.w2c[:3, 3])}\n")
+    parts.append("[metadata]\nadjusted = false\nerror = 0.0\n")
+    atomic_write_bytes(Path(path), "\n".join(parts).encode())
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -311,7 +473,9 @@ def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], 
     truth = json.loads((cap / "truth.json").read_text())
     verts_all = np.load(cap / "truth_vertices.npy", allow_pickle=False).astype(np.float64)
     faces = np.load(cap / "truth_faces.npy", allow_pickle=False)
-    cal = load_calibration(cap / "calibration.json")
+    # the true cameras (a copied calibration in the written file must not judge the ingest)
+    true_file = cap / TRUE_CALIBRATION if (cap / TRUE_CALIBRATION).exists() else cap / "calibration.json"
+    cal = load_calibration(true_file)
     cams_mm = {c.name: c for c in cal.cameras_mm()}
     rows = []
     for d in shard_dirs:
@@ -369,13 +533,23 @@ def check_round_trip(capture_dir: str | Path, shard_dirs: Sequence[str | Path], 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m synth.fake_capture", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calib", required=True, help="rig calibration (.mat DANNCE or OpenCV .json/.yaml)")
+    ap.add_argument("--calib", required=True, help="rig calibration (.mat DANNCE, OpenCV .json/.yaml, anipose .toml)")
     ap.add_argument("--out", required=True, help="output folder of the fake recording")
     ap.add_argument("--units", default=None, help="expected calibration units (asserted against the file)")
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--downscale", type=int, default=None)
     ap.add_argument("--renderer", choices=("blender", "raster"), default=None)
     ap.add_argument("--seed", type=int, default=None)
+    # failure modes of real recordings (configs/real/fake_capture.yaml has each one's meaning)
+    ap.add_argument("--rest", action="store_true", default=None,
+                    help="the mouse rests; only breathing and the tail move")
+    ap.add_argument("--reflection", type=float, default=None, help="floor reflection strength in [0, 1] (0 = none)")
+    ap.add_argument("--world-frame", dest="world_frame", choices=("rig", "arbitrary"), default=None)
+    ap.add_argument("--calibration-format", dest="calibration_format", choices=("json", "anipose"), default=None)
+    ap.add_argument("--copy-calibration", dest="copy_calibration", nargs=2, metavar=("SRC", "DST"), default=None,
+                    help="write camera DST's calibration as a copy of camera SRC's")
+    ap.add_argument("--floor", choices=("checker", "bedding"), default=None)
+    ap.add_argument("--greyscale", action="store_true", default=None)
     ap.add_argument("--check", nargs="*", default=None, metavar="SHARD_DIR",
                     help="instead of making a recording, compare ingested shard folders with --out's truth")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -386,8 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         rep = check_round_trip(args.out, args.check)
         print(json.dumps(rep["summary"], indent=1))
         return 0 if rep["summary"]["verify_failures"] == 0 else 1
-    overrides = [*args.overrides, *(f"{k}={getattr(args, k)}" for k in ("frames", "downscale", "renderer", "seed")
-                                     if getattr(args, k) is not None)]
+    flags = ("frames", "downscale", "renderer", "seed", "rest", "reflection", "world_frame", "calibration_format",
+             "floor", "greyscale")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
+    overrides = [*args.overrides, *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in given.items())]
+    if args.copy_calibration:
+        overrides.append("copy_calibration=[{},{}]".format(*(json.dumps(n) for n in args.copy_calibration)))
     try:
         cfg = load_typed(FakeCaptureConfig, "real", "fake_capture", overrides)
     except ConfigError as e:

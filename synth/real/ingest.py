@@ -9,19 +9,25 @@
 ``--videos``/``--frames``/``--masks`` take one path per camera in calibration order, or a
 single folder holding one entry per camera named after it (``Camera1/``, ``Camera1.mp4``; or,
 as anipose names them, ending in ``-NAME``/``camNAME``: ``rec1-camA.mp4`` for camera ``A``).
-Without ``--masks`` the mouse is found by per-camera median background subtraction.
+Without ``--masks`` the mouse is found by background subtraction (synth/real/masks.py) against
+an empty-arena shot per camera when ``--background`` gives one (an image, a video or an image
+folder per camera, resolved like ``--videos``), else against a background estimated from the
+recording (``masks.background``: a resting mouse is not absorbed), refined by a graph cut;
+or by the user's own model (``masks.model``).
 
 Output: ``OUT/{train,val,test}/real-{k:06d}.tar`` + manifest.json per split (mousefacelift.shards:
 atomic, resumable — shards already complete with the same config are not redone). Frame
 sets that cannot be normalised (no mouse, masks that disagree, a hull implausible for a mouse)
 are skipped with the reason in the manifest. A camera that disagrees with the others is left
-out of that frame set and named (log, printed summary, ``meta.normalization.cameras_dropped``);
-one that disagrees in most frame sets is reported once more at the end. Exits non-zero when
+out of that frame set and named (log, printed summary, ``meta.normalization.cameras_dropped``,
+and per split ``cameras_dropped.json`` beside manifest.json); one that disagrees in most frame
+sets is reported once more at the end. Exits non-zero when
 nothing was written. See synth/real/normalize.py for the normalisation and the checks.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -30,16 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from mousefacelift.config import config_hash, load_yaml, typed
-from mousefacelift.shards import (ShardError, ShardWriter, check_writable_dir, complete_shards, read_manifest,
-                                  rebuild_manifest)
+from mousefacelift.shards import (ShardError, ShardWriter, atomic_write_json, check_writable_dir, complete_shards,
+                                  read_manifest, rebuild_manifest)
+from mousefacelift.shards.manifest import manifest_lock
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
-from mousefacelift.imaging import threshold_mask
-from synth.real.masks import MaskConfig, median_background, subtract_background
+from synth.real.masks import MaskConfig, MaskModelError, MaskProvider, SeedFn
 from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_frame_set
 
 log = logging.getLogger("synth.ingest_real")
@@ -130,32 +135,13 @@ def split_frames(frames: Sequence[int], splits: Mapping[str, Sequence[float]], g
     return out
 
 
-class MaskProvider:
-    """Per-camera masks: thresholded given masks, or background subtraction against a
-    median background computed once per camera."""
-
-    def __init__(self, sources: list[FrameSource], given: list[FrameSource] | None, cfg: MaskConfig):
-        self.sources, self.given, self.cfg = sources, given, cfg
-        self.backgrounds: list[np.ndarray | None] = [None] * len(sources)
-
-    def background(self, i: int) -> np.ndarray:
-        if self.backgrounds[i] is None:
-            src = self.sources[i]
-            idx = np.unique(np.linspace(0, len(src) - 1, min(len(src), self.cfg.background_frames)).round().astype(int))
-            log.info("camera %d: median background from %d frames of %s", i, len(idx), src.path)
-            self.backgrounds[i] = median_background([rgb(src[j]) for j in idx])
-        return self.backgrounds[i]
-
-    def __call__(self, i: int, frame_index: int, frame: np.ndarray) -> np.ndarray:
-        if self.given is not None:
-            return threshold_mask(self.given[i][frame_index], self.cfg.given_threshold)
-        return subtract_background(frame, self.background(i), self.cfg)
-
-
 def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: Mapping[str, Any],
-           mask_paths: list[Path] | None = None, where: str = "ingest config") -> dict:
+           mask_paths: list[Path] | None = None, where: str = "ingest config",
+           background_paths: list[Path] | None = None, seeds: SeedFn | None = None) -> dict:
     """Ingest a recording with ``cfg`` (the plain ingest config, whose hash identifies the data;
-    ``where`` names it in errors); returns {split: {"written": n, "skipped": n, "shards": n}}."""
+    ``where`` names it in errors); returns {split: {"written": n, "skipped": n, "shards": n}}.
+    ``background_paths``: an empty-arena shot per camera; ``seeds(cam_index, frame_index)``:
+    projected keypoints [J,2] (pixels) or None, see :class:`synth.real.masks.MaskProvider`."""
     ic = typed(IngestConfig, cfg, where)
     norm_cfg = ic.normalize
     cams = calibration.cameras_mm()
@@ -173,7 +159,8 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
         raise ValueError(f"no frames selected: frames.start={fr.start} stop={stop} step={fr.step} "
                          f"of a {n}-frame recording")
     splits = split_frames(selected, ic.splits, ic.split_gap_frames)
-    masks = MaskProvider(sources, given, ic.masks)
+    backgrounds = [FrameSource(p) for p in background_paths] if background_paths else None
+    masks = MaskProvider(sources, given, ic.masks, backgrounds=backgrounds, seeds=seeds)
     hashed = {k: v for k, v in cfg.items() if k != "run"}
     chash = config_hash(hashed)
     S = ic.samples_per_shard
@@ -190,6 +177,7 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
             log.info("%s: manifest.json does not list every complete shard; rebuilding it from the sidecars", out)
             rebuild_manifest(out, split_header, prefix=prefix, config_hash=chash)
         n_shards = (len(frames) + S - 1) // S
+        dropped_log = CamerasDroppedLog(out, set(done))
         written = skipped = 0
         reasons: list[str] = []
         cams_dropped: dict[str, int] = {}
@@ -197,6 +185,8 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
             if k in done:
                 log.info("%s shard %d already complete, skipped (resume)", split, k)
                 continue
+            shard_dropped: dict[str, int] = {}
+            shard_written = 0
             with ShardWriter(out, k, prefix=prefix, header=split_header) as w:
                 for f in frames[k * S:(k + 1) * S]:
                     try:
@@ -209,10 +199,13 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
                         continue
                     for name, d in sample.meta["normalization"]["cameras_dropped"].items():
                         cams_dropped[name] = cams_dropped.get(name, 0) + 1
+                        shard_dropped[name] = shard_dropped.get(name, 0) + 1
                         log.warning("frame %d: camera %s dropped, it disagrees with the others (score %s)", f, name,
                                     d["score"])
                     w.write(sample.encode())
                     written += 1
+                    shard_written += 1
+            dropped_log.add(k, shard_written, shard_dropped)
         held = sum(r.samples for k, r in complete_shards(out, prefix=prefix, config_hash=chash).items() if k < n_shards)
         report[split] = {"frames": len(frames), "written": written, "skipped": skipped, "shards": n_shards,
                          "samples": held, "first_skip": reasons[0] if reasons else None,
@@ -222,6 +215,41 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
     for line in persistent_bad_cameras(report):
         log.error("%s", line)
     return report
+
+
+CAMERAS_DROPPED_NAME = "cameras_dropped.json"
+
+
+class CamerasDroppedLog:
+    """``cameras_dropped.json`` beside a split's manifest.json: per shard, the frame sets written
+    and in how many of them each camera was dropped as disagreeing, and the totals — so a bad
+    camera is visible from the dataset, not only from the run's log. The manifest's writer
+    keeps a fixed header, hence a file of its own; rewritten atomically after every shard,
+    under the manifest's lock, and entries of shards done by an earlier run (resume) are kept."""
+
+    def __init__(self, out: Path, done: set[int]):
+        self.path = Path(out) / CAMERAS_DROPPED_NAME
+        self.shards: dict[int, dict] = {}
+        try:
+            old = json.loads(self.path.read_text())
+            self.shards = {int(k): v for k, v in old.get("shards", {}).items() if int(k) in done}
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+
+    def add(self, shard: int, written: int, dropped: Mapping[str, int]) -> None:
+        self.shards[int(shard)] = {"frame_sets": int(written), "cameras": dict(sorted(dropped.items()))}
+        total: dict[str, int] = {}
+        for r in self.shards.values():
+            for name, n in r["cameras"].items():
+                total[name] = total.get(name, 0) + int(n)
+        doc = {"schema": "mfl-cameras-dropped/1",
+               "rule": "a camera is left out of a frame set when its leave-one-out visual-hull agreement is below "
+                       "normalize.camera_consistency_min (meta.normalization.cameras_dropped of each sample)",
+               "frame_sets": sum(int(r["frame_sets"]) for r in self.shards.values()),
+               "cameras": dict(sorted(total.items())),
+               "shards": {str(k): self.shards[k] for k in sorted(self.shards)}}
+        with manifest_lock(self.path.parent):
+            atomic_write_json(self.path, doc)
 
 
 def persistent_bad_cameras(report: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -253,8 +281,13 @@ def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibr
     views, norm, diag = normalize_frame_set(frames, ms, cams, calibration.up, norm_cfg)
     meta = {"index": int(f), "frame": int(f), "split": split, "seed": 0, "generator": GENERATOR, "config_hash": chash,
             "calibration": calibration.path, "calibration_units": calibration.units,
-            "mask_source": "given" if masks.given is not None else "background_subtraction",
-            "cameras": [c.name for c in cams]}
+            "mask_source": masks.source, "cameras": [c.name for c in cams]}
+    bg = {c.name: b for c, b in zip(cams, masks.background_info) if b is not None}
+    if bg:
+        meta["mask_background"] = bg
+    flags = {cams[i].name: msg for (i, k), msg in masks.flags.items() if k == f}
+    if flags:
+        meta["mask_flags"] = flags
     return build_real_sample(f"real_{f:09d}", views, norm, diag, meta)
 
 
@@ -266,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--videos", nargs="+", help="one video per camera (or one folder of them)")
     src.add_argument("--frames", nargs="+", help="one image folder per camera (or one folder of them)")
     ap.add_argument("--masks", nargs="+", help="given masks: one video/image folder per camera (or one folder of them)")
+    ap.add_argument("--background", nargs="+", help="empty-arena shot per camera: an image, a video or an image folder "
+                    "per camera (or one folder with an entry per camera); its median is the background")
     ap.add_argument("--out", default=None, help="output folder (split sub-folders are created); default run.out")
     ap.add_argument("--units", default=None, help="calibration units (mm|cm|m): asserted against the file; required for an "
                     "anipose calibration.toml that does not state them")
@@ -284,10 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         names = [c.name for c in cal.cameras]
         frame_paths = resolve_inputs(args.videos or args.frames, names, "videos" if args.videos else "frames")
         mask_paths = resolve_inputs(args.masks, names, "masks")
+        background_paths = resolve_inputs(args.background, names, "background")
         out = args.out or ic.run.out
         t0 = time.perf_counter()
-        report = ingest(cal, frame_paths, out, cfg, mask_paths, where)
-    except (ValueError, FileNotFoundError, ShardError) as e:
+        report = ingest(cal, frame_paths, out, cfg, mask_paths, where, background_paths)
+    except (ValueError, FileNotFoundError, ShardError, MaskModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for split, r in report.items():
