@@ -154,6 +154,18 @@ def test_skipped_indices_are_recorded(tmp_path):
     assert S.read_manifest(tmp_path)["skipped"] == [{"index": 1, "reason": "renderer crashed", "shard": 0}]
 
 
+def test_notes_of_written_samples_survive_merges_and_rebuilds(tmp_path):
+    with S.ShardWriter(tmp_path, 0, prefix="t", header=HEADER) as w:
+        w.write(_sample("a_0"))
+        w.note(0, "camera_dropped", camera="Camera3", score=0.02)
+    want = [{"index": 0, "kind": "camera_dropped", "camera": "Camera3", "score": 0.02, "shard": 0}]
+    assert S.read_manifest(tmp_path)["notes"] == want
+    _write_shard(tmp_path, 1, ["a_1"])     # another shard's merge keeps shard 0's note
+    assert S.read_manifest(tmp_path)["notes"] == want
+    (tmp_path / "manifest.json").unlink()
+    assert S.rebuild_manifest(tmp_path, HEADER)["notes"] == want
+
+
 def test_config_mismatch_is_refused(tmp_path):
     _write_shard(tmp_path, 0, ["a_0"])
     with pytest.raises(S.ManifestMismatch, match="config_hash='abc123'.*--force-config"):

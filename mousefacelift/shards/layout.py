@@ -55,20 +55,21 @@ class ShardRecord:
     sha256: str
     keys: list[str]
     skipped: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)   # written samples with something left out (e.g. a camera dropped)
     config_hash: str | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict:
         return {"name": self.name, "index": self.index, "samples": self.samples, "bytes": self.bytes,
                 "sha256": self.sha256, "keys": list(self.keys), "skipped": list(self.skipped),
-                "config_hash": self.config_hash, "seconds": round(self.seconds, 3)}
+                "notes": list(self.notes), "config_hash": self.config_hash, "seconds": round(self.seconds, 3)}
 
     @classmethod
     def from_json(cls, d: Mapping, where: str) -> "ShardRecord":
         try:
             return cls(name=str(d["name"]), index=int(d["index"]), samples=int(d["samples"]), bytes=int(d["bytes"]),
                        sha256=str(d["sha256"]), keys=[str(k) for k in d["keys"]],
-                       skipped=list(d.get("skipped", [])), config_hash=d.get("config_hash"),
+                       skipped=list(d.get("skipped", [])), notes=list(d.get("notes", [])), config_hash=d.get("config_hash"),
                        seconds=float(d.get("seconds", 0.0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{where}: not a shard record ({type(e).__name__}: {e})") from None

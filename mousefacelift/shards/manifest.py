@@ -51,7 +51,7 @@ def _empty_manifest(header: Mapping) -> dict:
     m = {"schema": MANIFEST_SCHEMA}
     for k in _HEADER_KEYS:
         m[k] = header.get(k)
-    m["shards"], m["skipped"] = [], []
+    m["shards"], m["skipped"], m["notes"] = [], [], []
     return m
 
 
@@ -69,6 +69,7 @@ def _records_to_manifest(m: dict, records: list[ShardRecord]) -> dict:
     m["shards"] = [{"name": r.name, "index": r.index, "samples": r.samples, "bytes": r.bytes,
                     "sha256": r.sha256, "keys": r.keys} for r in sorted(records, key=lambda r: r.index)]
     m["skipped"] = [s for r in sorted(records, key=lambda r: r.index) for s in r.skipped]
+    m["notes"] = [s for r in sorted(records, key=lambda r: r.index) for s in r.notes]
     return m
 
 
@@ -86,13 +87,15 @@ def merge_into_manifest(out_dir: str | Path, record: ShardRecord, header: Mappin
                     m[k] = header[k]
         records = [ShardRecord.from_json(s, f"{out / MANIFEST_NAME} shards[{i}]") for i, s in
                    enumerate(m.get("shards", [])) if int(s.get("index", -1)) != record.index]
-        # keep per-shard skips: the manifest stores them flat, so re-attach by index
+        # keep per-shard skips and notes: the manifest stores them flat, so re-attach by index
         by_idx = {r.index: r for r in records}
-        for s in m.get("skipped", []):
-            idx = s.get("shard")
-            if idx in by_idx:
-                by_idx[idx].skipped.append(s)
-        rec = ShardRecord(**{**record.__dict__, "skipped": [{**s, "shard": record.index} for s in record.skipped]})
+        for what in ("skipped", "notes"):
+            for s in m.get(what, []):
+                idx = s.get("shard")
+                if idx in by_idx:
+                    getattr(by_idx[idx], what).append(s)
+        rec = ShardRecord(**{**record.__dict__, "skipped": [{**s, "shard": record.index} for s in record.skipped],
+                             "notes": [{**s, "shard": record.index} for s in record.notes]})
         m = _records_to_manifest(m, records + [rec])
         atomic_write_json(out / MANIFEST_NAME, m)
         return m
@@ -114,6 +117,7 @@ def rebuild_manifest(out_dir: str | Path, header: Mapping | None = None, *, pref
         recs = complete_shards(out, prefix=prefix or hdr.get("prefix"), config_hash=config_hash)
         for r in recs.values():
             r.skipped = [{**s, "shard": r.index} for s in r.skipped]
+            r.notes = [{**s, "shard": r.index} for s in r.notes]
         m = _records_to_manifest(m, list(recs.values()))
         atomic_write_json(out / MANIFEST_NAME, m)
         return m

@@ -59,6 +59,7 @@ class ShardWriter:
         self.header.setdefault("prefix", prefix)
         self.keys: list[str] = []
         self.skipped: list[dict] = []
+        self.notes: list[dict] = []
         self._t0 = time.perf_counter()
         self.tmp_path = tmp_name(self.path)
         try:
@@ -113,6 +114,12 @@ class ShardWriter:
             entry["retry"] = True
         self.skipped.append(entry)
 
+    def note(self, index: int, kind: str, **fields: Any) -> None:
+        """Record something left out of a sample that was still written (``kind`` e.g.
+        ``camera_dropped`` with the camera and its score): kept in the sidecar and the manifest,
+        so a recurring fault is visible from the dataset, not only from a run's log."""
+        self.notes.append({"index": int(index), "kind": str(kind), **fields})
+
     def abort(self) -> None:
         """Drop the unfinished shard (its temporary file); nothing is published."""
         if self._closed:
@@ -147,7 +154,7 @@ class ShardWriter:
         fsync_dir(self.out_dir)
         rec = ShardRecord(name=self.name, index=self.index, samples=len(self.keys), bytes=self._hf.size,
                           sha256=self._hf.sha.hexdigest(), keys=list(self.keys), skipped=list(self.skipped),
-                          config_hash=self.header.get("config_hash"), seconds=time.perf_counter() - self._t0)
+                          notes=list(self.notes), config_hash=self.header.get("config_hash"), seconds=time.perf_counter() - self._t0)
         actual = self.path.stat().st_size
         if actual != rec.bytes:   # pragma: no cover - would mean the file system lost data
             raise ShardError(f"{self.path}: {actual} bytes on disk but {rec.bytes} written")

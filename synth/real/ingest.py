@@ -20,14 +20,13 @@ atomic, resumable — shards already complete with the same config are not redon
 sets that cannot be normalised (no mouse, masks that disagree, a hull implausible for a mouse)
 are skipped with the reason in the manifest. A camera that disagrees with the others is left
 out of that frame set and named (log, printed summary, ``meta.normalization.cameras_dropped``,
-and per split ``cameras_dropped.json`` beside manifest.json); one that disagrees in most frame
+and the split's manifest.json ``notes``: kind ``camera_dropped``); one that disagrees in most frame
 sets is reported once more at the end. Exits non-zero when
 nothing was written. See synth/real/normalize.py for the normalisation and the checks.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -39,9 +38,8 @@ from typing import Any, Mapping, Sequence
 from tqdm import tqdm
 
 from mousefacelift.config import config_hash, load_yaml, typed
-from mousefacelift.shards import (ShardError, ShardWriter, atomic_write_json, check_writable_dir, complete_shards,
-                                  read_manifest, rebuild_manifest)
-from mousefacelift.shards.manifest import manifest_lock
+from mousefacelift.shards import (ShardError, ShardWriter, check_writable_dir, complete_shards, read_manifest,
+                                  rebuild_manifest)
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
 from synth.real.masks import MaskConfig, MaskModelError, MaskProvider, SeedFn
@@ -177,7 +175,6 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
             log.info("%s: manifest.json does not list every complete shard; rebuilding it from the sidecars", out)
             rebuild_manifest(out, split_header, prefix=prefix, config_hash=chash)
         n_shards = (len(frames) + S - 1) // S
-        dropped_log = CamerasDroppedLog(out, set(done))
         written = skipped = 0
         reasons: list[str] = []
         cams_dropped: dict[str, int] = {}
@@ -185,8 +182,6 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
             if k in done:
                 log.info("%s shard %d already complete, skipped (resume)", split, k)
                 continue
-            shard_dropped: dict[str, int] = {}
-            shard_written = 0
             with ShardWriter(out, k, prefix=prefix, header=split_header) as w:
                 for f in frames[k * S:(k + 1) * S]:
                     try:
@@ -199,13 +194,11 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
                         continue
                     for name, d in sample.meta["normalization"]["cameras_dropped"].items():
                         cams_dropped[name] = cams_dropped.get(name, 0) + 1
-                        shard_dropped[name] = shard_dropped.get(name, 0) + 1
+                        w.note(f, "camera_dropped", camera=name, score=d["score"])
                         log.warning("frame %d: camera %s dropped, it disagrees with the others (score %s)", f, name,
                                     d["score"])
                     w.write(sample.encode())
                     written += 1
-                    shard_written += 1
-            dropped_log.add(k, shard_written, shard_dropped)
         held = sum(r.samples for k, r in complete_shards(out, prefix=prefix, config_hash=chash).items() if k < n_shards)
         report[split] = {"frames": len(frames), "written": written, "skipped": skipped, "shards": n_shards,
                          "samples": held, "first_skip": reasons[0] if reasons else None,
@@ -215,41 +208,6 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
     for line in persistent_bad_cameras(report):
         log.error("%s", line)
     return report
-
-
-CAMERAS_DROPPED_NAME = "cameras_dropped.json"
-
-
-class CamerasDroppedLog:
-    """``cameras_dropped.json`` beside a split's manifest.json: per shard, the frame sets written
-    and in how many of them each camera was dropped as disagreeing, and the totals — so a bad
-    camera is visible from the dataset, not only from the run's log. The manifest's writer
-    keeps a fixed header, hence a file of its own; rewritten atomically after every shard,
-    under the manifest's lock, and entries of shards done by an earlier run (resume) are kept."""
-
-    def __init__(self, out: Path, done: set[int]):
-        self.path = Path(out) / CAMERAS_DROPPED_NAME
-        self.shards: dict[int, dict] = {}
-        try:
-            old = json.loads(self.path.read_text())
-            self.shards = {int(k): v for k, v in old.get("shards", {}).items() if int(k) in done}
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass
-
-    def add(self, shard: int, written: int, dropped: Mapping[str, int]) -> None:
-        self.shards[int(shard)] = {"frame_sets": int(written), "cameras": dict(sorted(dropped.items()))}
-        total: dict[str, int] = {}
-        for r in self.shards.values():
-            for name, n in r["cameras"].items():
-                total[name] = total.get(name, 0) + int(n)
-        doc = {"schema": "mfl-cameras-dropped/1",
-               "rule": "a camera is left out of a frame set when its leave-one-out visual-hull agreement is below "
-                       "normalize.camera_consistency_min (meta.normalization.cameras_dropped of each sample)",
-               "frame_sets": sum(int(r["frame_sets"]) for r in self.shards.values()),
-               "cameras": dict(sorted(total.items())),
-               "shards": {str(k): self.shards[k] for k in sorted(self.shards)}}
-        with manifest_lock(self.path.parent):
-            atomic_write_json(self.path, doc)
 
 
 def persistent_bad_cameras(report: Mapping[str, Mapping[str, Any]]) -> list[str]:
