@@ -108,6 +108,24 @@ def test_reflection_is_in_the_frames_not_in_the_masks(modes, plain):
     assert outside_pixels(modes[0]) > 100                 # the reflection, which no mask holds
 
 
+def test_fake_capture_keypoints_follow_the_mesh(dannce_dir, tmp_path):
+    """pose-3d.csv: the body model's own keypoints, carried by the mesh into the written world."""
+    from mousefacelift.body import load_body_model
+    from synth.real.fake_capture import _rest_mm, keypoint_weights
+    from synth.real.keypoints import load_keypoints
+
+    cfg = replace(BASE, mouse_scale=0.8)
+    model = load_body_model("procedural")
+    rest, kps = _rest_mm(model, cfg)
+    W = keypoint_weights(model, cfg)
+    assert np.allclose(W @ rest, kps, atol=1e-6) and np.allclose(W.sum(1), 1.0)
+    cap, truth = _capture(dannce_dir, tmp_path / "cap", frames=2, downscale=16, world_frame="arbitrary", keypoints=True)
+    track = load_keypoints(cap / "pose-3d.csv", units="mm")
+    verts = np.load(cap / "truth_vertices.npy").astype(np.float64)
+    assert track.points.shape == (2, 22, 3) and list(track.frames) == [0, 1]
+    assert np.allclose(track.points, np.einsum("jn,fnc->fjc", W, verts), atol=1e-3)
+
+
 def test_fake_capture_cli_flags(dannce_dir, tmp_path):
     from synth.real.fake_capture import main as fake_main
 
@@ -178,10 +196,10 @@ def test_arbitrary_world_frame_ingests(dannce_dir, tmp_path):
     s = check_round_trip(cap, [tmp_path / "ing" / "train"])["summary"]
     # the JSON states its up (measured +6.6 %, 1.5 mm: the hull's voxel grid is tilted against up)
     assert s["samples"] == 3 and abs(s["scale_err_pct_mean"]) < 8.0 and s["origin_err_mm_mean"] < 4.0
-    # anipose cannot state the up: ingest takes +Z, so the body box is measured tilted. What it does
-    # today, honestly: frame sets are written, their up_rotation is the identity, the scale is off
-    cap2, _ = _capture(dannce_dir, tmp_path / "toml", frames=3, downscale=4, world_frame="arbitrary",
-                       calibration_format="anipose")
+    # anipose cannot state the up: without keypoints ingest takes +Z, so the body box is measured
+    # tilted: frame sets are written, their up_rotation is the identity, the scale is off
+    cap2, truth2 = _capture(dannce_dir, tmp_path / "toml", frames=3, downscale=4, world_frame="arbitrary",
+                            calibration_format="anipose", keypoints=True, keypoint_noise_mm=1.0)
     assert _ingest(cap2, tmp_path / "ing2", "--masks", str(cap2 / "masks"), "--units", "mm",
                    calib="calibration.toml") == 0
     s2 = check_round_trip(cap2, [tmp_path / "ing2" / "train"])["summary"]
@@ -189,6 +207,18 @@ def test_arbitrary_world_frame_ingests(dannce_dir, tmp_path):
     assert np.allclose(meta["normalization"]["up_rotation"], np.eye(3))
     assert s2["samples"] == 3 and s2["camera_reproj_px_max"] < 1e-6
     assert abs(s2["scale_err_pct_mean"] - s["scale_err_pct_mean"]) > 3.0     # measured -10 % against +6.6 %
+    # with the recording's 3D keypoints (pose-3d.csv, 1 mm noise): up from the paws' floor plane,
+    # body-fit depth in every view, and the round trip as good as with a stated up
+    assert _ingest(cap2, tmp_path / "ing3", "--masks", str(cap2 / "masks"), "--units", "mm",
+                   "--keypoints", str(cap2 / "pose-3d.csv"), calib="calibration.toml") == 0
+    s3 = check_round_trip(cap2, [tmp_path / "ing3" / "train"])["summary"]
+    sample = MultiViewSample.decode(next(iter_shard(list_shards(tmp_path / "ing3" / "train")[0])))
+    up = np.asarray(sample.meta["up"]["keypoints"]["up"])
+    assert sample.meta["up"]["source"] == "keypoints" and np.degrees(np.arccos(up @ truth2["up"])) < 2.0
+    assert sample.meta["depth_source"] == "body_fit" and sample.depth is not None
+    assert min(sample.meta["keypoint_agreement"].values()) > 0.5
+    assert s3["samples"] == 3 and s3["verify_failures"] == 0
+    assert abs(s3["scale_err_pct_mean"] - s["scale_err_pct_mean"]) < 1.0     # measured +6.6 % both
 
 
 @pytest.mark.slow

@@ -211,8 +211,14 @@ class KeypointInputs:
     prior: BodyPrior
 
     def seeds(self, frame: int, camera: Camera) -> np.ndarray | None:
-        """Sure-foreground seeds [J,2] of ``frame`` in ``camera``'s captured image (None: no pose)."""
-        return project_seeds(self.track, frame, camera) if self.track.has(frame) else None
+        """Sure-foreground seeds [J,2] of ``frame`` in ``camera``'s captured image: the
+        ``seeds.sure_joints`` that are known (None: no pose)."""
+        if not self.track.has(frame):
+            return None
+        px = project_seeds(self.track, frame, camera)
+        keep = [self.track.joint(n) for n in self.cfg.seeds.sure_joints if n in self.track.names]
+        px = px[keep]
+        return px[np.all(np.isfinite(px), axis=1)]
 
 
 def prepare_keypoints(path: str | Path, calibration: Calibration, frames: Sequence[int], cfg: KeypointsConfig,

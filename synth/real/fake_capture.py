@@ -16,7 +16,8 @@ Written out: ``frames/{camera}/NNNNNN.png``, ``masks/{camera}/NNNNNN.png`` (the 
 silhouettes), ``background/{camera}/000000.png`` (the empty arena, for ``--background``),
 ``calibration.json`` (OpenCV layout, mm; or ``calibration.toml``, anipose, without units or
 up), ``truth_calibration.json`` (the true cameras) and ``truth.json`` +
-``truth_vertices.npy`` / ``truth_faces.npy`` (mouse mesh per frame in mm), which
+``truth_vertices.npy`` / ``truth_faces.npy`` (mouse mesh per frame in mm; with ``keypoints``
+also ``pose-3d.csv``, the 22 keypoints as anipose writes them), which
 :func:`check_round_trip` compares against what ``synth.ingest_real`` recovered. The truth
 normalisation follows the framing rule ingest follows (:mod:`mousefacelift.framing`): the
 box of the mesh WITHOUT THE TAIL (known here per vertex) sets centre and scale.
@@ -84,6 +85,8 @@ class FakeCaptureConfig:
     world_frame: Literal["rig", "arbitrary"]
     calibration_format: Literal["json", "anipose"]
     copy_calibration: tuple[str, str] | None
+    keypoints: bool
+    keypoint_noise_mm: float
 
     def __post_init__(self):
         if self.renderer not in ("blender", "raster"):
@@ -96,6 +99,8 @@ class FakeCaptureConfig:
             raise ValueError(f"fake capture floor: expected checker or bedding, got {self.floor!r}")
         if self.world_frame not in ("rig", "arbitrary"):
             raise ValueError(f"fake capture world_frame: expected rig or arbitrary, got {self.world_frame!r}")
+        if self.keypoint_noise_mm < 0:
+            raise ValueError(f"fake capture keypoint_noise_mm: expected >= 0, got {self.keypoint_noise_mm}")
         if self.calibration_format not in ("json", "anipose"):
             raise ValueError("fake capture calibration_format: expected json or anipose, got "
                              f"{self.calibration_format!r}")
@@ -107,14 +112,10 @@ def mouse_track(model, cfg: FakeCaptureConfig, keep: np.ndarray | None = None) -
     ``cfg.rest`` it stays at the circle's first point instead, breathing (the body, ``keep``,
     swells by ``rest_breathing`` across its long axis) while the tail sweeps sideways by up to
     ``rest_tail_sweep_deg`` about its root: what a per-pixel median absorbs."""
-    from mousefacelift.body import PoseParams
-
     rng = np.random.default_rng(cfg.seed)
     out = []
     phase0 = rng.uniform(0, 2 * math.pi)
-    p = PoseParams.rest(model, batch=1)
-    rest = model.pose(p).vertices[0].detach().cpu().numpy().astype(np.float64) * model.mm_per_unit * cfg.mouse_scale
-    rest[:, :2] -= (rest[:, :2].min(0) + rest[:, :2].max(0)) / 2
+    rest, _ = _rest_mm(model, cfg)
     for k in range(cfg.frames):
         local = rest
         if cfg.rest:
@@ -149,6 +150,46 @@ def _resting_pose(rest: np.ndarray, keep: np.ndarray | None, k: int, cfg: FakeCa
         v[tail, 0] = root[0] + ca * d[:, 0] - sa * d[:, 1]
         v[tail, 1] = root[1] + sa * d[:, 0] + ca * d[:, 1]
     return v
+
+
+def _rest_mm(model, cfg: FakeCaptureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The rest vertices and the rest DANNCE keypoints in mm, placed as :func:`mouse_track`
+    places the mouse before moving it (scaled, centred in x and y)."""
+    from mousefacelift.body import PoseParams
+
+    out = model.pose(PoseParams.rest(model, batch=1))
+    scale = model.mm_per_unit * cfg.mouse_scale
+    verts = out.vertices[0].detach().cpu().numpy().astype(np.float64) * scale
+    kps = out.keypoints[0].detach().cpu().numpy().astype(np.float64) * scale
+    shift = np.zeros(3)
+    shift[:2] = (verts[:, :2].min(0) + verts[:, :2].max(0)) / 2
+    return verts - shift, kps - shift
+
+
+def keypoint_weights(model, cfg: FakeCaptureConfig, neighbours: int = 12) -> np.ndarray:
+    """[22,N] weights that give the body model's DANNCE keypoints from its vertices: each rest
+    keypoint as the affine combination (weights summing to 1, least norm) of its nearest rest
+    vertices, so it follows the mesh exactly under any rigid motion (and closely under the
+    breathing and the tail sweep of a resting mouse)."""
+    rest, kp = _rest_mm(model, cfg)
+    W = np.zeros((len(kp), len(rest)))
+    for j, p in enumerate(kp):
+        idx = np.argsort(np.linalg.norm(rest - p, axis=1))[:neighbours]
+        A = np.vstack([rest[idx].T, np.ones(len(idx))])               # [4,K]: sum w v = p, sum w = 1
+        W[j, idx] = np.linalg.lstsq(A, np.append(p, 1.0), rcond=None)[0]
+    return W
+
+
+def write_pose3d_csv(path: Path, points: np.ndarray, names: Sequence[str]) -> None:
+    """An anipose ``pose-3d`` CSV: per frame ``<part>_x,_y,_z,_error,_ncams,_score`` and ``fnum``."""
+    cols = [f"{n}_{s}" for n in names for s in ("x", "y", "z", "error", "ncams", "score")] + ["fnum"]
+    lines = [",".join(cols)]
+    for f, P in enumerate(points):
+        row = []
+        for x, y, z in P:
+            row += [f"{x:.4f}", f"{y:.4f}", f"{z:.4f}", "0.0", "6", "1.0"]
+        lines.append(",".join(row + [str(f)]))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def truth_normalization(verts_mm: np.ndarray, up: np.ndarray, fill: float,
@@ -371,6 +412,12 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
     else:
         save_calibration(out / cal_name, written)
     verts_written = np.stack([v @ world[:3, :3].T + world[:3, 3] for v in track])
+    if cfg.keypoints:
+        # what a 3D pose tracker (anipose, sleap-anipose, DANNCE) would give: the 22 keypoints, in the written world
+        W = keypoint_weights(model, cfg)
+        kps = np.einsum("jn,fnc->fjc", W, verts_written)
+        kps = kps + np.random.default_rng(cfg.seed + 2).normal(0, cfg.keypoint_noise_mm, kps.shape)
+        write_pose3d_csv(out / "pose-3d.csv", kps, model.keypoint_names)
     _save_npy(out / "truth_vertices.npy", verts_written.astype(np.float32))
     _save_npy(out / "truth_faces.npy", np.asarray(model.faces, dtype=np.int64))
     truth = {"frames": truths, "cameras": [c.name for c in cams_mm], "config": asdict(cfg),
@@ -550,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="write camera DST's calibration as a copy of camera SRC's")
     ap.add_argument("--floor", choices=("checker", "bedding"), default=None)
     ap.add_argument("--greyscale", action="store_true", default=None)
+    ap.add_argument("--keypoints", action="store_true", default=None, help="also write pose-3d.csv (true 3D keypoints)")
     ap.add_argument("--check", nargs="*", default=None, metavar="SHARD_DIR",
                     help="instead of making a recording, compare ingested shard folders with --out's truth")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -561,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rep["summary"], indent=1))
         return 0 if rep["summary"]["verify_failures"] == 0 else 1
     flags = ("frames", "downscale", "renderer", "seed", "rest", "reflection", "world_frame", "calibration_format",
-             "floor", "greyscale")
+             "floor", "greyscale", "keypoints")
     given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     overrides = [*args.overrides, *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in given.items())]
     if args.copy_calibration:

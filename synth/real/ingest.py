@@ -31,18 +31,21 @@ import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from mousefacelift.config import config_hash, load_yaml, typed
 from mousefacelift.shards import (ShardError, ShardWriter, check_writable_dir, complete_shards, read_manifest,
-                                  rebuild_manifest)
+                                  rebuild_manifest, shard_sha256)
+from synth.real.body_prior import KeypointInputs, add_body_depth, prepare_keypoints
 from synth.real.calibration import Calibration, load_calibration
 from synth.real.frames import FrameSource, rgb
 from synth.real.masks import MaskConfig, MaskModelError, MaskProvider, SeedFn
+from synth.real.keypoints import keypoint_mask_agreement, load_keypoints_config, project_seeds
 from synth.real.normalize import NormalizeConfig, build_real_sample, normalize_frame_set
 
 log = logging.getLogger("synth.ingest_real")
@@ -135,11 +138,14 @@ def split_frames(frames: Sequence[int], splits: Mapping[str, Sequence[float]], g
 
 def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Path, cfg: Mapping[str, Any],
            mask_paths: list[Path] | None = None, where: str = "ingest config",
-           background_paths: list[Path] | None = None, seeds: SeedFn | None = None) -> dict:
+           background_paths: list[Path] | None = None, seeds: SeedFn | None = None,
+           keypoints: str | Path | None = None, keypoint_overrides: Sequence[str] = ()) -> dict:
     """Ingest a recording with ``cfg`` (the plain ingest config, whose hash identifies the data;
     ``where`` names it in errors); returns {split: {"written": n, "skipped": n, "shards": n}}.
     ``background_paths``: an empty-arena shot per camera; ``seeds(cam_index, frame_index)``:
-    projected keypoints [J,2] (pixels) or None, see :class:`synth.real.masks.MaskProvider`."""
+    projected keypoints [J,2] (pixels) or None, see :class:`synth.real.masks.MaskProvider`;
+    ``keypoints``: a 3D keypoint file of the recording (configs/real/keypoints.yaml with
+    ``keypoint_overrides``): up direction, mask seeds, per-camera agreement, body-fit depth."""
     ic = typed(IngestConfig, cfg, where)
     norm_cfg = ic.normalize
     cams = calibration.cameras_mm()
@@ -157,9 +163,19 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
         raise ValueError(f"no frames selected: frames.start={fr.start} stop={stop} step={fr.step} "
                          f"of a {n}-frame recording")
     splits = split_frames(selected, ic.splits, ic.split_gap_frames)
+    kin = None
+    hashed = {k: v for k, v in cfg.items() if k != "run"}
+    if keypoints is not None:
+        kcfg = load_keypoints_config(overrides=list(keypoint_overrides))
+        kin = prepare_keypoints(keypoints, calibration, selected, kcfg)
+        log.info("keypoints %s: up %s from the %s", keypoints, np.round(kin.up, 4).tolist(), kin.up_info["source"])
+        calibration = replace(calibration, up=kin.up)
+        if seeds is None:
+            seeds = lambda i, f: kin.seeds(f, cams[i])   # noqa: E731
+        # the keypoints change the data (up, masks, depth): they are part of its identity
+        hashed["keypoints"] = {"file": Path(keypoints).name, "sha256": shard_sha256(keypoints), "config": asdict(kcfg)}
     backgrounds = [FrameSource(p) for p in background_paths] if background_paths else None
     masks = MaskProvider(sources, given, ic.masks, backgrounds=backgrounds, seeds=seeds)
-    hashed = {k: v for k, v in cfg.items() if k != "run"}
     chash = config_hash(hashed)
     S = ic.samples_per_shard
     prefix = ic.prefix
@@ -185,7 +201,7 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
             with ShardWriter(out, k, prefix=prefix, header=split_header) as w:
                 for f in frames[k * S:(k + 1) * S]:
                     try:
-                        sample = _frame_sample(f, split, sources, masks, cams, calibration, norm_cfg, chash)
+                        sample = _frame_sample(f, split, sources, masks, cams, calibration, norm_cfg, chash, kin)
                     except ValueError as e:
                         w.skip(f, str(e))
                         skipped += 1
@@ -233,7 +249,7 @@ def _manifest_lists(out: Path, done: Mapping[int, Any]) -> bool:
 
 
 def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibration: Calibration,
-                  norm_cfg: NormalizeConfig, chash: str):
+                  norm_cfg: NormalizeConfig, chash: str, kin: KeypointInputs | None = None):
     frames = [rgb(s[f]) for s in sources]
     ms = [masks(i, f, fr) for i, fr in enumerate(frames)]
     views, norm, diag = normalize_frame_set(frames, ms, cams, calibration.up, norm_cfg)
@@ -246,7 +262,16 @@ def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibr
     flags = {cams[i].name: msg for (i, k), msg in masks.flags.items() if k == f}
     if flags:
         meta["mask_flags"] = flags
-    return build_real_sample(f"real_{f:09d}", views, norm, diag, meta)
+    if kin is not None:
+        meta["up"] = kin.up_info
+        if kin.track.has(f):
+            tol = kin.cfg.seeds.tolerance_px
+            agree = {c.name: keypoint_mask_agreement(m, project_seeds(kin.track, f, c), tol) for c, m in zip(cams, ms)}
+            meta["keypoint_agreement"] = {k: round(v, 4) for k, v in agree.items() if np.isfinite(v)}
+    sample = build_real_sample(f"real_{f:09d}", views, norm, diag, meta)
+    if kin is not None and kin.cfg.body_prior.depth:
+        sample = add_body_depth(sample, kin.prior, f, norm, kin.cfg.body_prior.depth_min_alpha)
+    return sample
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--masks", nargs="+", help="given masks: one video/image folder per camera (or one folder of them)")
     ap.add_argument("--background", nargs="+", help="empty-arena shot per camera: an image, a video or an image folder "
                     "per camera (or one folder with an entry per camera); its median is the background")
+    ap.add_argument("--keypoints", default=None, help="3D keypoints of the recording (sleap-anipose points3d.h5, anipose "
+                    "pose-3d .csv, DANNCE save_data_AVG.mat / label3d_dannce.mat): up direction, mask seeds, per-camera "
+                    "agreement, body-fit depth; settings in configs/real/keypoints.yaml, overridden as keypoints.KEY=VALUE")
     ap.add_argument("--out", default=None, help="output folder (split sub-folders are created); default run.out")
     ap.add_argument("--units", default=None, help="calibration units (mm|cm|m): asserted against the file; required for an "
                     "anipose calibration.toml that does not state them")
@@ -271,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg, where = load_yaml("real", args.config, args.overrides)
+        kp_over = [o[len("keypoints."):] for o in args.overrides if o.startswith("keypoints.")]
+        cfg, where = load_yaml("real", args.config, [o for o in args.overrides if not o.startswith("keypoints.")])
         ic = typed(IngestConfig, cfg, where)
         cal = load_calibration(args.calib, units=args.units or ic.units)
         names = [c.name for c in cal.cameras]
@@ -280,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         background_paths = resolve_inputs(args.background, names, "background")
         out = args.out or ic.run.out
         t0 = time.perf_counter()
-        report = ingest(cal, frame_paths, out, cfg, mask_paths, where, background_paths)
+        report = ingest(cal, frame_paths, out, cfg, mask_paths, where, background_paths, keypoints=args.keypoints,
+                        keypoint_overrides=kp_over)
     except (ValueError, FileNotFoundError, ShardError, MaskModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ __all__ = ["KeypointTrack", "KeypointsConfig", "UpEstimate", "load_keypoints", "
 @dataclass
 class SeedConfig:
     tolerance_px: float
+    sure_joints: tuple[str, ...]
 
 
 @dataclass
@@ -68,6 +69,7 @@ class BodyPriorConfig:
     batch: int
     min_keypoints: int
     max_residual_mm: float
+    depth: bool
     depth_min_alpha: float
 
 

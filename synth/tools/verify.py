@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from mousefacelift.shards import (MANIFEST_NAME, MultiViewSample, SampleError, ShardError, atomic_write_json,
                                   iter_shard, list_shards, read_manifest, shard_sha256)
+from synth.real.body_prior import DEPTH_SOURCE as BODY_FIT_DEPTH
 from synth.tools import geometry_checks as gc
 from synth.tools.tables import fmt, format_table
 
@@ -228,6 +229,11 @@ def check_geometry(sample: MultiViewSample, res: SampleResult, th: gc.Thresholds
               ("depth_rel_median", c["depth_rel_median"], th.depth_rel_median, "", False),
               ("conflict_frac_worst_view", c["conflict_frac_worst_view"], th.conflict_frac_worst_view, "", False),
               ("depth_alpha_iou_min", c["depth_alpha_iou_min"], th.depth_alpha_iou_min, "", True)]
+    if sample.meta.get("depth_source") == BODY_FIT_DEPTH:
+        # depth of a body fitted to keypoints, alpha from the masks: where they disagree measures the
+        # fit, not the data; cameras and depth are still checked against each other
+        limits = [lim for lim in limits if lim[0] not in ("conflict_frac_worst_view", "depth_alpha_iou_min")]
+        res.notes.append("approximate depth (body fitted to keypoints): contradiction and depth-vs-alpha limits not applied")
     for name, value, limit, unit, is_min in limits:
         bad = value < limit if is_min else value > limit
         if bad:
