@@ -18,7 +18,6 @@ against the truth body box.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -34,7 +33,10 @@ from mousefacelift.imaging import threshold_mask  # noqa: E402
 from synth.real.calibration import load_calibration  # noqa: E402
 from synth.real.fake_capture import FakeCaptureConfig, check_round_trip, make_fake_capture  # noqa: E402
 from synth.real.frames import FrameSource, rgb  # noqa: E402
-from synth.real.ingest import CAMERAS_DROPPED_NAME, ingest, resolve_inputs  # noqa: E402
+from mousefacelift.shards import read_manifest  # noqa: E402
+from synth.real.body_prior import prepare_keypoints  # noqa: E402
+from synth.real.ingest import ingest, resolve_inputs  # noqa: E402
+from synth.real.keypoints import load_keypoints_config  # noqa: E402
 from synth.real.masks import MaskConfig, MaskProvider  # noqa: E402
 
 ALBINO = {"floor": "bedding", "greyscale": True, "fur_color": (0.92, 0.9, 0.88), "skin_color": (0.95, 0.7, 0.7)}
@@ -47,20 +49,23 @@ def modes(cal) -> dict[str, dict]:
     return {
         "walk": {"capture": {}, "extra": [("after,rel_thr=0", {"relative_threshold": 0.0})]},
         "rest_albino": {"capture": {"rest": True, **ALBINO}, "background_row": True},
-        "rest_black_checker": {"capture": {"rest": True}, "background_row": True},
+        "rest_black_checker": {"capture": {"rest": True}, "background_row": True, "keypoint_row": True},
         "reflection": {"capture": {"reflection": 0.35}, "extra": [("after,rel_thr=0", {"relative_threshold": 0.0})]},
         "copied_calibration": {"capture": {"copy_calibration": (names[1], names[2])},
-                               "extra": [("after,rel_thr=0", {"relative_threshold": 0.0})]},
+                               "extra": [("after,rel_thr=0", {"relative_threshold": 0.0})], "keypoint_row": True},
         "world_arbitrary_json": {"capture": {"world_frame": "arbitrary"}},
         "anipose_toml": {"capture": {"calibration_format": "anipose"}},
-        "anipose_toml_world_arbitrary": {"capture": {"calibration_format": "anipose", "world_frame": "arbitrary"}},
+        "anipose_toml_world_arbitrary": {"capture": {"calibration_format": "anipose", "world_frame": "arbitrary"},
+                                         "keypoint_row": True},
     }
 
 
-def mask_iou(cap: Path, names: list[str], mcfg: MaskConfig, background: list[Path] | None) -> tuple[float, float]:
+def mask_iou(cap: Path, names: list[str], mcfg: MaskConfig, background: list[Path] | None,
+             seeds=None) -> tuple[float, float]:
     src = [FrameSource(cap / "frames" / n) for n in names]
     truth = [FrameSource(cap / "masks" / n) for n in names]
-    mp = MaskProvider(src, None, mcfg, backgrounds=[FrameSource(p) for p in background] if background else None)
+    mp = MaskProvider(src, None, mcfg, backgrounds=[FrameSource(p) for p in background] if background else None,
+                      seeds=seeds)
     ious = []
     for i in range(len(src)):
         for f in range(len(src[i])):
@@ -72,29 +77,41 @@ def mask_iou(cap: Path, names: list[str], mcfg: MaskConfig, background: list[Pat
 def run_mode(name: str, spec: dict, calib: Path, work: Path, downscale: int, frames: int) -> list[dict]:
     cap = work / name
     cfg = replace(load_typed(FakeCaptureConfig, "real", "fake_capture"), frames=frames, downscale=downscale,
-                  renderer="raster", **spec["capture"])
+                  renderer="raster", keypoints=True, keypoint_noise_mm=1.0, **spec["capture"])
     truth = make_fake_capture(cap, load_calibration(calib), cfg)
     cal_file = cap / truth["calibration_file"]
     cal = load_calibration(cal_file, units="mm")
     names = [c.name for c in cal.cameras]
-    variants = [("before", BEFORE, None), ("after", {}, None), *((n, m, None) for n, m in spec.get("extra", []))]
+    variants = [("before", BEFORE, None, False), ("after", {}, None, False),
+                *((n, m, None, False) for n, m in spec.get("extra", []))]
     if spec.get("background_row"):
-        variants.append(("after+--background", {}, resolve_inputs([str(cap / "background")], names, "background")))
+        variants.append(("after+--background", {}, resolve_inputs([str(cap / "background")], names, "background"), False))
+    if spec.get("keypoint_row"):
+        variants.append(("after+--keypoints", {}, None, True))
     rows = []
-    for label, masks, bg in variants:
+    for label, masks, bg, kp in variants:
         overrides = ["normalize.size=64", "splits.train=[0,1]", "splits.val=[1,1]", "splits.test=[1,1]",
                      *(f"masks.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in masks.items())]
         icfg, where = load_yaml("real", "ingest", overrides)
         out = work / f"{name}-{label.replace('+--', '-').replace(',', '-').replace('=', '')}"
         t0 = time.perf_counter()
-        rep = ingest(cal, resolve_inputs([str(cap / "frames")], names, "frames"), out, icfg, None, where, bg)
+        rep = ingest(cal, resolve_inputs([str(cap / "frames")], names, "frames"), out, icfg, None, where, bg,
+                     keypoints=cap / "pose-3d.csv" if kp else None)
         secs = time.perf_counter() - t0
         written = sum(r["written"] for r in rep.values())
         selected = sum(r["frames"] for r in rep.values())
-        dropped = json.loads((out / "train" / CAMERAS_DROPPED_NAME).read_text()) if (
-            out / "train" / CAMERAS_DROPPED_NAME).exists() else {"cameras": {}, "frame_sets": 0}
-        bad = [k for k, n in dropped["cameras"].items() if 2 * n > max(dropped["frame_sets"], 1)]
-        iou_mean, iou_min = mask_iou(cap, names, typed_masks(icfg, where), bg)
+        notes = read_manifest(out / "train")["notes"] if (out / "train" / "manifest.json").exists() else []
+        dropped: dict[str, int] = {}
+        for n in notes:
+            if n["kind"] == "camera_dropped":
+                dropped[n["camera"]] = dropped.get(n["camera"], 0) + 1
+        bad = [k for k, n in dropped.items() if 2 * n > max(written, 1)]
+        seeds = None
+        if kp:
+            kin = prepare_keypoints(cap / "pose-3d.csv", cal, list(range(frames)), load_keypoints_config())
+            cams = cal.cameras_mm()
+            seeds = lambda i, f: kin.seeds(f, cams[i])   # noqa: E731
+        iou_mean, iou_min = mask_iou(cap, names, typed_masks(icfg, where), bg, seeds)
         row = {"mode": name, "variant": label, "written": written, "selected": selected, "bad_camera": bad,
                "mask_iou_mean": iou_mean, "mask_iou_min": iou_min, "scale_err_pct": None, "origin_err_mm": None,
                "ingest_s": secs}
