@@ -61,11 +61,11 @@ def modes(cal) -> dict[str, dict]:
 
 
 def mask_iou(cap: Path, names: list[str], mcfg: MaskConfig, background: list[Path] | None,
-             seeds=None) -> tuple[float, float]:
+             seeds=None, prior=None) -> tuple[float, float]:
     src = [FrameSource(cap / "frames" / n) for n in names]
     truth = [FrameSource(cap / "masks" / n) for n in names]
     mp = MaskProvider(src, None, mcfg, backgrounds=[FrameSource(p) for p in background] if background else None,
-                      seeds=seeds)
+                      seeds=seeds, prior=prior)
     ious = []
     for i in range(len(src)):
         for f in range(len(src[i])):
@@ -106,12 +106,13 @@ def run_mode(name: str, spec: dict, calib: Path, work: Path, downscale: int, fra
             if n["kind"] == "camera_dropped":
                 dropped[n["camera"]] = dropped.get(n["camera"], 0) + 1
         bad = [k for k, n in dropped.items() if 2 * n > max(written, 1)]
-        seeds = None
+        seeds = prior = None
         if kp:
             kin = prepare_keypoints(cap / "pose-3d.csv", cal, list(range(frames)), load_keypoints_config())
             cams = cal.cameras_mm()
             seeds = lambda i, f: kin.seeds(f, cams[i])   # noqa: E731
-        iou_mean, iou_min = mask_iou(cap, names, typed_masks(icfg, where), bg, seeds)
+            prior = lambda i, f: kin.prior.silhouette(f, i) if kin.prior.has(f) else None   # noqa: E731
+        iou_mean, iou_min = mask_iou(cap, names, typed_masks(icfg, where), bg, seeds, prior)
         row = {"mode": name, "variant": label, "written": written, "selected": selected, "bad_camera": bad,
                "mask_iou_mean": iou_mean, "mask_iou_min": iou_min, "scale_err_pct": None, "origin_err_mm": None,
                "ingest_s": secs}

@@ -175,7 +175,10 @@ def ingest(calibration: Calibration, frame_paths: list[Path], out_dir: str | Pat
         # the keypoints change the data (up, masks, depth): they are part of its identity
         hashed["keypoints"] = {"file": Path(keypoints).name, "sha256": shard_sha256(keypoints), "config": asdict(kcfg)}
     backgrounds = [FrameSource(p) for p in background_paths] if background_paths else None
-    masks = MaskProvider(sources, given, ic.masks, backgrounds=backgrounds, seeds=seeds)
+    prior = None
+    if kin is not None:
+        prior = lambda i, f: kin.prior.silhouette(f, i) if kin.prior.has(f) else None   # noqa: E731
+    masks = MaskProvider(sources, given, ic.masks, backgrounds=backgrounds, seeds=seeds, prior=prior)
     chash = config_hash(hashed)
     S = ic.samples_per_shard
     prefix = ic.prefix

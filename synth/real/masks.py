@@ -38,6 +38,7 @@ from mousefacelift.imaging import threshold_mask
 log = logging.getLogger("synth.real.masks")
 
 SeedFn = Callable[[int, int], "np.ndarray | None"]
+PriorFn = Callable[[int, int], "np.ndarray | None"]     # (cam_index, frame_index) -> bool silhouette [H,W] or None
 
 
 @dataclass
@@ -63,6 +64,7 @@ class MaskConfig:
     grabcut_max_change: float
     model: str | None
     seed_min_fraction: float
+    prior_margin: float
     given_threshold: float
     min_pixels: int
 
@@ -313,19 +315,24 @@ def estimate_background(stack: np.ndarray, cfg: MaskConfig, name: str = "") -> t
 
 # -- graph-cut refinement ------------------------------------------------------------------------
 def grabcut_refine(frame: np.ndarray, mask: np.ndarray, cfg: MaskConfig,
-                   seeds: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+                   seeds: np.ndarray | None = None, prior: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """Refine a background-subtraction mask by ``cv2.grabCut`` in a box around it: sure
     foreground = the mask eroded by ``grabcut_band_px`` (and discs at ``seeds`` [J,2] pixel
     coordinates), probable foreground = the rest of the mask, probable background = a band of
     ``grabcut_band_px`` around it, sure background beyond. A result whose area differs from the
     mask's by more than the ``grabcut_max_change`` share is refused (the colour models could not
-    tell mouse and floor apart) and the mask kept. Returns (mask, refined?)."""
+    tell mouse and floor apart) and the mask kept. With a body ``prior`` silhouette
+    (:func:`prior_regions`): its core is sure foreground, the rest of it probable foreground,
+    and beyond its margin sure background. Returns (mask, refined?)."""
     m = np.asarray(mask, bool)
     H, W = m.shape
+    regions = prior_regions(prior, cfg) if prior is not None and np.asarray(prior).any() else None
+    if regions is not None:
+        m = apply_prior(m, prior, cfg)
     if not m.any():
         return m, False
     b = max(1, cfg.grabcut_band_px)
-    ys, xs = np.nonzero(_dilate(m, 2 * b))
+    ys, xs = np.nonzero(_dilate(m, 2 * b) | (regions[1] if regions is not None else False))
     y0, y1, x0, x1 = max(ys.min() - 1, 0), min(ys.max() + 2, H), max(xs.min() - 1, 0), min(xs.max() + 2, W)
     sub = m[y0:y1, x0:x1]
     gc = np.full(sub.shape, cv2.GC_BGD, np.uint8)
@@ -333,6 +340,11 @@ def grabcut_refine(frame: np.ndarray, mask: np.ndarray, cfg: MaskConfig,
     gc[sub] = cv2.GC_PR_FGD
     sure = cv2.erode(sub.astype(np.uint8), _disc(b)) > 0
     gc[sure] = cv2.GC_FGD
+    if regions is not None:
+        p, near, core = (r[y0:y1, x0:x1] for r in regions)
+        gc[p & ~sub] = cv2.GC_PR_FGD
+        gc[core] = cv2.GC_FGD
+        gc[~near] = cv2.GC_BGD
     if seeds is not None and len(seeds):
         pts = np.asarray(seeds, np.float64)
         pts = pts[np.all(np.isfinite(pts), 1)]
@@ -352,10 +364,32 @@ def grabcut_refine(frame: np.ndarray, mask: np.ndarray, cfg: MaskConfig,
     out = np.zeros_like(m)
     out[y0:y1, x0:x1] = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
     out = clean_mask(out, cfg)
-    n0, n1 = int(m.sum()), int(out.sum())
+    n0, n1 = int((m | regions[0]).sum() if regions is not None else m.sum()), int(out.sum())
     if abs(n1 - n0) > cfg.grabcut_max_change * n0:
         return m, False
     return out, True
+
+
+def prior_regions(silhouette: np.ndarray, cfg: MaskConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(silhouette, near, core) of a body-model silhouette: grown and shrunk by ``prior_margin``
+    (a share of its equivalent diameter), the margin that absorbs the fit's error."""
+    p = np.asarray(silhouette, bool)
+    r = max(1, int(round(cfg.prior_margin * 2.0 * np.sqrt(p.sum() / np.pi))))
+    return p, _dilate(p, r), cv2.erode(p.astype(np.uint8), _disc(r)) > 0
+
+
+def apply_prior(mask: np.ndarray, silhouette: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+    """A background-subtraction mask checked against a body-model silhouette of the same frame
+    (a body fitted to 3D keypoints): what lies beyond the silhouette's margin is dropped (floor
+    texture, a wall band, a reflection) and its core is added (a body the background absorbed);
+    the graph cut (:func:`grabcut_refine`) then finds the outline in between."""
+    m, p = np.asarray(mask, bool), np.asarray(silhouette, bool)
+    if p.shape != m.shape:
+        raise ValueError(f"body prior silhouette {p.shape} and mask {m.shape} differ in shape")
+    if not p.any():
+        return m
+    _, near, core = prior_regions(p, cfg)
+    return clean_mask((m & near) | core, cfg)
 
 
 # -- a user's segmentation model -------------------------------------------------------------
@@ -404,14 +438,16 @@ class MaskProvider:
     estimated from ``sources`` by ``cfg.background``. ``seeds(cam_index, frame_index)`` may
     return pixel coordinates [J,2] of projected keypoints (or None): sure foreground for the
     graph cut, and a mask holding fewer than ``seed_min_fraction`` of them is flagged
-    (``flags[(cam, frame)]``, also logged)."""
+    (``flags[(cam, frame)]``, also logged). ``prior(cam_index, frame_index)`` may return a
+    body silhouette (a body model fitted to keypoints, rendered into the camera): see
+    :func:`apply_prior`."""
 
     def __init__(self, sources: Sequence, given: Sequence | None, cfg: MaskConfig,
-                 backgrounds: Sequence | None = None, seeds: SeedFn | None = None):
+                 backgrounds: Sequence | None = None, seeds: SeedFn | None = None, prior: PriorFn | None = None):
         from synth.real.frames import rgb
 
         self._rgb = rgb
-        self.sources, self.given, self.cfg, self.seeds = list(sources), given, cfg, seeds
+        self.sources, self.given, self.cfg, self.seeds, self.prior = list(sources), given, cfg, seeds, prior
         self.given_backgrounds = backgrounds
         if cfg.background == "given" and backgrounds is None and given is None and cfg.model is None:
             raise ValueError("masks.background is 'given' but no empty-arena shot was passed (--background)")
@@ -464,8 +500,11 @@ class MaskProvider:
         else:
             seeds = self.seeds(i, frame_index) if self.seeds is not None else None
             m = subtract_background(frame, self.background(i), self.cfg)
+            silhouette = self.prior(i, frame_index) if self.prior is not None else None
             if self.cfg.grabcut:
-                m, _ = grabcut_refine(frame, m, self.cfg, seeds)
+                m, _ = grabcut_refine(frame, m, self.cfg, seeds, silhouette)
+            elif silhouette is not None:
+                m = apply_prior(m, silhouette, self.cfg)
             self._check_seeds(i, frame_index, m, seeds)
             return m
         self._check_seeds(i, frame_index, m, self.seeds(i, frame_index) if self.seeds is not None else None)
