@@ -160,7 +160,7 @@ def test_keypoint_seeds_flag_a_mask_that_misses_them():
     mp(0, 0, frames[0])
     mp(0, 1, frames[1])
     mp(0, 2, frames[2])                                           # no seeds for this frame: nothing checked
-    assert list(mp.flags) == [(0, 0)] and "1 of 4 projected keypoints" in mp.flags[(0, 0)]
+    assert list(mp.flags) == [(0, 0)] and "holds 25% of" in mp.flags[(0, 0)]
 
 
 def test_body_prior_recovers_an_absorbed_body_and_drops_what_lies_far_outside():
@@ -183,6 +183,17 @@ def test_body_prior_recovers_an_absorbed_body_and_drops_what_lies_far_outside():
     assert not out[5:15, 5:25].any() and _iou(out, body[0]) > 0.85
     with pytest.raises(ValueError, match="differ in shape"):
         apply_prior(m, prior[:-1], MASKS)
+    # a camera with a wrong calibration: its prior and seeds land beside the mouse. The mask must not
+    # be forced onto them (it would then agree with the wrong camera); the frame is flagged instead
+    cfg_bg = replace(MASKS, background="masked_median")
+    wrong = np.roll(prior, 45, axis=1)
+    seeds = np.stack([xx[wrong][::40], yy[wrong][::40]], 1)
+    honest = MaskProvider([Frames(frames)], None, cfg_bg)
+    fooled = MaskProvider([Frames(frames)], None, cfg_bg, seeds=lambda c, f: seeds, prior=lambda c, f: wrong)
+    for k in (0, 5):
+        m = fooled(0, k, frames[k])
+        assert (m & wrong).sum() < 0.1 * wrong.sum() and _iou(m, honest(0, k, frames[k])) > 0.95
+        assert "keypoints disagree with the image" in fooled.flags[(0, k)]
 
 
 def test_given_empty_arena_background(caplog):

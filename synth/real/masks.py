@@ -493,35 +493,48 @@ class MaskProvider:
         return self.backgrounds[i]
 
     def __call__(self, i: int, frame_index: int, frame: np.ndarray) -> np.ndarray:
+        seeds = self.seeds(i, frame_index) if self.seeds is not None else None
         if self.given is not None:
             m = threshold_mask(self.given[i][frame_index], self.cfg.given_threshold)
         elif self.model is not None:
             m = model_mask(self.model, str(self.cfg.model), frame)
         else:
-            seeds = self.seeds(i, frame_index) if self.seeds is not None else None
             m = subtract_background(frame, self.background(i), self.cfg)
             silhouette = self.prior(i, frame_index) if self.prior is not None else None
-            if self.cfg.grabcut:
-                m, _ = grabcut_refine(frame, m, self.cfg, seeds, silhouette)
-            elif silhouette is not None:
-                m = apply_prior(m, silhouette, self.cfg)
-            self._check_seeds(i, frame_index, m, seeds)
-            return m
-        self._check_seeds(i, frame_index, m, self.seeds(i, frame_index) if self.seeds is not None else None)
+            share = _seed_share(m, seeds)
+            if share is not None and share < self.cfg.seed_min_fraction and (seeds is not None or silhouette is not None):
+                # the keypoints land off what the image shows: a wrong calibration of this camera (or a
+                # failed track). Forcing the mask onto them would make it agree with the wrong camera.
+                msg = (f"keypoints disagree with the image (the background-subtraction mask holds {share:.0%} of "
+                       "them): body prior and seeds not used")
+                self.flags[(i, frame_index)] = msg
+                log.warning("camera %d frame %d: %s", i, frame_index, msg)
+                return self._refine(frame, m, None, None)
+            m = self._refine(frame, m, seeds, silhouette)
+        self._check_seeds(i, frame_index, m, seeds)
         return m
 
+    def _refine(self, frame: np.ndarray, m: np.ndarray, seeds, silhouette) -> np.ndarray:
+        if self.cfg.grabcut:
+            return grabcut_refine(frame, m, self.cfg, seeds, silhouette)[0]
+        return apply_prior(m, silhouette, self.cfg) if silhouette is not None else m
+
     def _check_seeds(self, i: int, f: int, m: np.ndarray, seeds: np.ndarray | None) -> None:
-        if seeds is None or not len(seeds):
-            return
-        pts = np.asarray(seeds, np.float64).reshape(-1, 2)
-        H, W = m.shape
-        ok = np.all(np.isfinite(pts), 1) & (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < W) & (pts[:, 1] < H)
-        if not ok.any():
-            return
-        inside = m[pts[ok, 1].astype(int), pts[ok, 0].astype(int)]
-        share = float(inside.mean())
-        if share < self.cfg.seed_min_fraction:
-            msg = (f"mask holds {inside.sum()} of {ok.sum()} projected keypoints ({share:.0%} < "
-                   f"masks.seed_min_fraction {self.cfg.seed_min_fraction:.0%})")
+        share = _seed_share(m, seeds)
+        if share is not None and share < self.cfg.seed_min_fraction:
+            msg = (f"mask holds {share:.0%} of the projected keypoints (< masks.seed_min_fraction "
+                   f"{self.cfg.seed_min_fraction:.0%})")
             self.flags[(i, f)] = msg
             log.warning("camera %d frame %d: %s", i, f, msg)
+
+
+def _seed_share(m: np.ndarray, seeds: np.ndarray | None) -> float | None:
+    """Share of the seeds [J,2] (pixel coordinates) inside the image that fall on ``m``; None without any."""
+    if seeds is None or not len(seeds):
+        return None
+    pts = np.asarray(seeds, np.float64).reshape(-1, 2)
+    H, W = m.shape
+    ok = np.all(np.isfinite(pts), 1) & (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < W) & (pts[:, 1] < H)
+    if not ok.any():
+        return None
+    return float(m[pts[ok, 1].astype(int), pts[ok, 0].astype(int)].mean())
