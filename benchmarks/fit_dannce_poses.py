@@ -10,13 +10,17 @@ What it does, per model (mousefacelift.body.fit, one animal so one shared set of
    frames are held out so benchmarks/pose_coverage.py can report coverage on poses the
    statistics never saw) and prints the fit residual on the train and held-out frames;
 2. base stance = the mean fitted segment angles (flex/twist/abd, left/right pooled since the
-   sampler mirrors them), replacing the hand-set stance;
+   sampler mirrors them) of the standing poses only (the lower fore paw label at most 10 mm above
+   the hind paws: a stance averaged with rears would lift the fore paws), replacing the hand-set
+   stance;
 3. assigns every fitted pose to its most likely behaviour family under the sampler's own
    per-family Gaussians (family weight x angle and body-pitch likelihoods, with the
    family's gait, pitch compensation, bend and common variation included), then re-centres
    and re-scales each family from its poses: mean offset from the stance and spread, both
    shrunk toward the hand-set values with ``prior_count`` pseudo-poses (families with no
-   real poses keep theirs), spread net of the variation the sampler adds on top.
+   real poses keep theirs), spread net of the variation the sampler adds on top; and each
+   family's assigned poses themselves (and their mirror images) as exemplars, which the
+   sampler perturbs (a kernel density over real poses; configs/poses/default.yaml: exemplars).
 The result is written atomically as YAML that configs/poses/default.yaml names under
 ``fitted:``; every value records where it came from.
 """
@@ -45,15 +49,16 @@ from mousefacelift.dannce import default_label_file, load_labelled_keypoints  # 
 
 log = logging.getLogger("fit_dannce_poses")
 COMPS = ("flex", "twist", "abd")
-# Segments the 22 keypoints observe (jaw, ears, digits are not; they keep the hand-set values),
+# Segments the 22 keypoints observe (jaw and digits are not; they keep the hand-set values),
 # and the components whose spread is observed (twist of a single bone barely moves a keypoint).
-OBSERVED = ("spine_lumbar", "spine_thoracic", "neck", "head", "tail", "hip", "knee", "ankle",
+OBSERVED = ("spine_lumbar", "spine_thoracic", "neck", "head", "ear_l", "ear_r", "tail", "hip", "knee", "ankle",
             "scapula", "shoulder", "elbow", "wrist")
 SPREAD_COMPS = ("flex", "abd")
 PRIOR_COUNT = 5.0      # pseudo-poses of the hand-set family values in the shrinkage
 MIN_STD_DEG = 3.0      # floor of a re-estimated family spread (degrees)
 ASSIGN_FLOOR_DEG = 8.0  # added in quadrature to every family std while assigning poses
 ROUNDS = 3             # assignment / re-estimation rounds
+FORE_UP_MM = 10.0      # a labelled pose whose lower fore paw is higher than this above the hind paws is not standing
 
 
 base_segment = PoseSampler.base_segment
@@ -114,14 +119,49 @@ def mirrored(seg_names: list[str], ang_deg: np.ndarray) -> np.ndarray:
     return out
 
 
-def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray) -> dict:
+def standing_frames(points: np.ndarray, names=None) -> np.ndarray:
+    """[n] bool: labelled poses standing on four paws (the lower fore paw at most FORE_UP_MM above
+    the lowest hind paw; poses with both fore paws unlabelled count as not standing)."""
+    from mousefacelift.dannce import KEYPOINT_NAMES
+    names = list(names or KEYPOINT_NAMES)
+    z = points[..., 2]
+    fore = np.nanmin(z[:, [names.index("ForepawL"), names.index("ForepawR")]], axis=1) if len(z) else z[:, 0]
+    hind = np.nanmin(z[:, [names.index("HindpawL"), names.index("HindpawR")]], axis=1)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(fore - hind, nan=np.inf) <= FORE_UP_MM
+
+
+def tail_direction(points: np.ndarray, names=None) -> np.ndarray:
+    """[n,2] degrees per labelled pose: the tail's heading (Tail(base) -> Tail(end), horizontal) from the
+    body axis (SpineF -> SpineM), counter-clockwise seen from above > 0, and its elevation (Tail(base) -> Tail(mid)); unlabelled
+    points give the typical values (0, -3)."""
+    from mousefacelift.dannce import KEYPOINT_NAMES
+    names = list(names or KEYPOINT_NAMES)
+    ix = {n: names.index(n) for n in ("SpineF", "SpineM", "Tail(base)", "Tail(mid)", "Tail(end)")}
+    body = points[:, ix["SpineM"], :2] - points[:, ix["SpineF"], :2]
+    tail = points[:, ix["Tail(end)"], :2] - points[:, ix["Tail(base)"], :2]
+    head = np.degrees(np.arctan2(body[:, 0] * tail[:, 1] - body[:, 1] * tail[:, 0], (body * tail).sum(1)))
+    d = points[:, ix["Tail(mid)"]] - points[:, ix["Tail(base)"]]
+    elev = np.degrees(np.arctan2(d[:, 2], np.linalg.norm(d[:, :2], axis=1)))
+    return np.stack([np.nan_to_num(head, nan=0.0), np.nan_to_num(elev, nan=-3.0)], 1)
+
+
+def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray, standing: np.ndarray | None = None,
+         tail_deg: np.ndarray | None = None) -> dict:
     """Stance and per-family overrides (degrees) from fitted segment angles [n,S,3] and pitch [n]
-    (pooled with their mirror images; counts below are of real poses)."""
+    (pooled with their mirror images; counts below are of real poses). The stance is the mean of
+    the ``standing`` poses only (all poses when None): rears would lift a standing mouse's fore paws."""
     seg = sampler.seg_names
+    standing = np.ones(len(ang_deg), bool) if standing is None else np.asarray(standing, bool)
+    if not standing.any():
+        raise ValueError("tune: no standing pose to take the stance from")
     ang_deg = np.concatenate([ang_deg, mirrored(seg, ang_deg)])
     pitch_deg = np.concatenate([pitch_deg, pitch_deg])
+    standing = np.concatenate([standing, standing])
+    tail_deg = np.tile([0.0, -3.0], (len(standing) // 2, 1)) if tail_deg is None else np.asarray(tail_deg, float)
+    tail_deg = np.concatenate([tail_deg, tail_deg * [-1.0, 1.0]])          # the mirror image turns the other way
     n = len(ang_deg)
-    pooled = pooled_angles(seg, ang_deg)
+    pooled = pooled_angles(seg, ang_deg[standing])
     stance = {b: {c: [round(float(pooled[b][:, k].mean()), 2), 0.0] for k, c in enumerate(COMPS)} for b in OBSERVED}
     stance_tab = np.rad2deg(sampler.dist_table(stance, "stance")[..., 0])          # [S,3]
     common_mean = np.rad2deg(sampler.dist_table(sampler.cfg.get("common", {}), "common")[..., 0])
@@ -132,6 +172,7 @@ def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray
                      "pitch": list(spec.get("pitch_up", [0, 0]))})
     w = np.diff(np.concatenate([[0.0], sampler.family_cdf]))
     obs = np.array([base_segment(s) in OBSERVED for s in seg])
+    ex_idx = [i for i, s in enumerate(seg) if base_segment(s) in OBSERVED and base_segment(s) != "tail"]
     current = [{"table": h["table"].copy(), "pitch": list(h["pitch"])} for h in hand]
     assign = np.zeros(n, int)
     for _ in range(ROUNDS):
@@ -183,8 +224,14 @@ def tune(model, sampler: PoseSampler, ang_deg: np.ndarray, pitch_deg: np.ndarray
         entry = {"assigned": cur["n"], "segments": segs}
         if cur["pitch"] != [0, 0]:
             entry["pitch_up"] = [round(float(cur["pitch"][0]), 2), round(float(cur["pitch"][1]), 2)]
+        # exemplars: each assigned real pose (and its mirror image) as [pitch, then per exemplar
+        # segment flex, twist, abd], degrees, deviation from stance + common mean
+        sel = np.nonzero(assign == sampler.family_names.index(f))[0]
+        dev = ang_deg[sel][:, ex_idx] - stance_tab[ex_idx] - common_mean[ex_idx]          # [k,E,3]
+        entry["exemplars"] = [[round(float(pitch_deg[i]), 1)] + [round(float(x), 1) for x in d.reshape(-1)]
+                              + [round(float(x), 1) for x in tail_deg[i]] for i, d in zip(sel, dev)]
         families[f] = entry
-    return {"stance": stance, "families": families}
+    return {"stance": stance, "exemplar_segments": [seg[i] for i in ex_idx], "families": families}
 
 
 def write_yaml_atomic(path: Path, header: str, data: dict) -> None:
@@ -233,7 +280,8 @@ def main(argv=None) -> None:
         res_held = fit_all.residual_mm[np.isin(np.arange(len(lab.points)), held)]
         ang = np.rad2deg(fit.seg_angles)
         pitch = np.rad2deg(body_euler(fit.rotation)[:, 1])
-        tuned = tune(model, sampler, ang, pitch)
+        tuned = tune(model, sampler, ang, pitch, standing_frames(lab.points[train], lab.names),
+                     tail_direction(lab.points[train], lab.names))
         kp_med = np.nanmedian(fit.keypoint_error_mm, axis=0)
         models_out[model.name] = {
             "fit": {"poses": len(train), "residual_mm_median": round(float(np.median(fit.residual_mm)), 2),
@@ -258,12 +306,16 @@ def main(argv=None) -> None:
         f"# {int(lab.frames[train].min())}..{int(lab.frames[train].max())}); the last {len(held)} frames "
         f"({int(lab.frames[held].min()) if len(held) else '-'}..{int(lab.frames[held].max()) if len(held) else '-'}) are held out.\n"
         "#   fit:      residuals (mm, mean over labelled keypoints per pose), fitted similarity scale, bone scales.\n"
-        "#   stance:   per segment, the mean fitted angle [mean, 0] in degrees (flex/twist/abd in the bone\n"
-        "#             frames, left/right pooled); the sampler adds it to every pose (replaces the hand stance).\n"
+        "#   stance:   per segment, the mean fitted angle [mean, 0] in degrees (flex/twist/abd in the joint\n"
+        "#             frames, left/right pooled) over the standing poses (fore paws on the floor); the sampler\n"
+        "#             adds it to every pose (replaces the hand stance).\n"
         "#   families: poses assigned to their most likely family; per segment [mean offset from the stance,\n"
         f"#             std] in degrees, shrunk toward the hand-set values with {PRIOR_COUNT:g} pseudo-poses, spread\n"
         f"#             net of the gait/bend/common variation the sampler adds, floored at {MIN_STD_DEG:g} deg;\n"
-        "#             pitch_up [mean, std] likewise. 'assigned: 0' = no real pose, hand-set values kept.\n")
+        "#             pitch_up [mean, std] likewise. 'assigned: 0' = no real pose, hand-set values kept.\n"
+        "#             exemplars: per assigned pose (and mirror) [pitch_up, then flex/twist/abd of each of\n"
+        "#             exemplar_segments as deviation from stance + common mean, then the labelled tail's\n"
+        "#             heading from the body axis and elevation], degrees.\n")
     out = Path(a.out)
     old = {}
     if out.exists():                                  # keep models not re-fitted in this run

@@ -27,10 +27,17 @@ from mousefacelift.body import PoseParams, PoseSampler, load_body_model, load_po
 from mousefacelift.dannce import default_label_file, load_labelled_keypoints  # noqa: E402
 
 
-def best_match_errors(real: np.ndarray, samples: np.ndarray, chunk: int = 2000) -> np.ndarray:
-    """real [R,K,3] (NaN = unlabelled), samples [S,K,3] -> best mean-keypoint error [R] (real units)."""
+def best_matches(real: np.ndarray, samples: np.ndarray, chunk: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free similarity alignment (Umeyama) of every sample onto every real pose.
+
+    real [R,K,3] (NaN = unlabelled), samples [S,K,3] -> per real pose the best mean-keypoint
+    error [R] (real units), the index of the best sample [R] and its rotation [R,3,3]
+    (sample -> real frame), from which benchmarks/pose_realism.py reads how far the best
+    match had to be tilted."""
     R = len(real)
     best = np.full(R, np.inf)
+    best_i = np.zeros(R, np.int64)
+    best_rot = np.tile(np.eye(3), (R, 1, 1))
     for r in range(R):
         ok = np.all(np.isfinite(real[r]), axis=1)
         Y = torch.as_tensor(real[r, ok], dtype=torch.float64)                       # [k,3]
@@ -48,8 +55,15 @@ def best_match_errors(real: np.ndarray, samples: np.ndarray, chunk: int = 2000) 
             scale = (Sv * D).sum(1) / var
             aligned = scale[:, None, None] * (Xc @ Rm.transpose(1, 2)) + my
             err = torch.linalg.norm(aligned - Y[None], dim=-1).mean(1)
-            best[r] = min(best[r], float(err.min()))
-    return best
+            i = int(err.argmin())
+            if float(err[i]) < best[r]:
+                best[r], best_i[r], best_rot[r] = float(err[i]), s0 + i, Rm[i].numpy()
+    return best, best_i, best_rot
+
+
+def best_match_errors(real: np.ndarray, samples: np.ndarray, chunk: int = 2000) -> np.ndarray:
+    """real [R,K,3] (NaN = unlabelled), samples [S,K,3] -> best mean-keypoint error [R] (real units)."""
+    return best_matches(real, samples, chunk)[0]
 
 
 def main(argv=None) -> None:

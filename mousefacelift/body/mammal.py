@@ -6,11 +6,13 @@ which is a +90 degree rotation about Z (a proper rotation, no mirroring). The mo
 shifted so the lowest vertex lies on z = 0 and the bounding box is centred in x/y (in
 MAMMAL's rest pose the tail is the lowest part; the paws sit 1.8 mm above the ground).
 
-Units: upstream fits the model to DANNCE millimetres with a global scale near 115, and
-limb bones measured on the DANNCE labels suggest about 100 mm per unit, but that animal is
-small; the project convention is an adult mouse of ~90-100 mm nose to tail base, which this
-model reaches (rest pose, fully stretched) at ``DEFAULT_MM_PER_UNIT`` = 150 (91 mm).
-Override with the ``mm_per_unit`` argument (configs/body/mammal.yaml).
+Units: MAMMAL's vertices are in arbitrary units. ``DEFAULT_MM_PER_UNIT`` = 107.7 is the scale
+the project's keypoint fit finds for the hand-labelled DANNCE adult mouse
+(benchmarks/fit_dannce_poses.py, configs/poses/fitted_dannce.yaml: fit.mm_per_model_unit;
+upstream fits the same animal with a global scale near 115), so the model is the size of a
+real mouse. (It was 150, which made the mouse ~1.4x the DANNCE animal.) The pose sampler draws
+body sizes around this reference (configs/poses/default.yaml: size). Override with the
+``mm_per_unit`` argument (configs/body/mammal.yaml).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .safe_pickle import safe_load_pickle
 __all__ = ["load_mammal", "DEFAULT_MM_PER_UNIT", "ENV_VAR"]
 
 ENV_VAR = "MOUSEFACELIFT_MAMMAL_DIR"
-DEFAULT_MM_PER_UNIT = 150.0
+DEFAULT_MM_PER_UNIT = 107.7
 NUM_VERTICES, NUM_JOINTS = 14522, 140
 # source (head -Y, left +X, up Z) -> project (head +X, left +Y, up Z): rotate +90 deg about Z
 SOURCE_TO_PROJECT = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])

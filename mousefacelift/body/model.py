@@ -8,11 +8,15 @@ Frames (asserted by the loaders and tests, never assumed): project world, Z up, 
 toward +X, the mouse's left toward +Y, feet on z = 0 in the rest pose, the body centred
 over the origin in x/y. Model units times ``mm_per_unit`` give millimetres.
 
-Joint frames: ``rest_frames[j]`` is a rotation whose columns are the bone's anatomical axes
-in world coordinates at rest: Y along the bone (joint -> its children), X the flexion axis
-(the world +Y "left" direction made perpendicular to the bone; world +Z where the bone is
-itself lateral), Z = X x Y. Pose rotations are axis-angle vectors in that frame, so
-(x, y, z) components mean (flexion, twist, abduction/lateral bend) on any rig.
+Joint frames: ``rest_frames[j]`` is a rotation whose columns are the joint's anatomical
+axes in world coordinates at rest; pose rotations are axis-angle vectors in that frame, so
+(x, y, z) components mean (flexion, twist, abduction/lateral bend) on any rig, whatever its
+rest pose. X, the flexion axis, is the world +Y "left" (lateral) axis for every joint, so
+flexion always moves a bone in the sagittal plane. Axial joints (spine, neck, head, tail,
+digits): Y is the bone direction projected into the sagittal plane, Z = X x Y. Limb joints
+(shoulder girdle to wrist, pelvis to ankle): Y is world down (a standing limb's long axis)
+and Z = X x Y the world -X (anteroposterior) axis, so abduction moves the limb away from the
+midline even where the rest bones are sprawled sideways or point forward (MAMMAL's femur).
 """
 from __future__ import annotations
 
@@ -44,14 +48,13 @@ REQUIRED_SEGMENTS = (
 REGION_NAMES = ["fur", "ear_skin", "paw_skin", "tail_skin", "nose_skin", "eye"]
 
 
-def anatomical_frames(joints: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """Per-joint rest frames [J,3,3] (columns X=flexion axis, Y=bone direction, Z=X x Y).
-
-    The bone direction points from the joint to the mean of its children (leaf joints
-    inherit their parent's direction), so the frame depends only on rest geometry and means
-    the same thing on any rig regardless of the rig author's bone rolls.
-    """
+def anatomical_frames(joints: np.ndarray, parents: np.ndarray, limb: np.ndarray | None = None) -> np.ndarray:
+    """Per-joint rest frames [J,3,3]: columns X = world lateral axis (flexion), Y, Z = X x Y
+    (module docstring). ``limb`` [J] bool marks limb joints (Y = world down); the others take
+    Y = their bone direction (joint -> mean of its children; leaves inherit their parent's)
+    in the sagittal plane, or world down/up where the bone is mostly lateral (ears)."""
     J = len(joints)
+    limb = np.zeros(J, bool) if limb is None else np.asarray(limb, bool)
     children: list[list[int]] = [[] for _ in range(J)]
     for j, p in enumerate(parents):
         if p >= 0:
@@ -74,17 +77,25 @@ def anatomical_frames(joints: np.ndarray, parents: np.ndarray) -> np.ndarray:
         if np.linalg.norm(dirs[j]) < 1e-9:
             dirs[j] = np.array([1.0, 0.0, 0.0])
     frames = np.zeros((J, 3, 3))
+    x = np.array([0.0, 1.0, 0.0])
+    down = np.array([0.0, 0.0, -1.0])
     for j in range(J):
-        y = dirs[j] / np.linalg.norm(dirs[j])
-        ref = np.array([0.0, 1.0, 0.0])
-        x = ref - y * (ref @ y)
-        if np.linalg.norm(x) < 0.3:               # bone is lateral: flex about the vertical
-            ref = np.array([0.0, 0.0, 1.0])
-            x = ref - y * (ref @ y)
-        x /= np.linalg.norm(x)
-        z = np.cross(x, y)
-        frames[j] = np.stack([x, y, z], axis=1)
+        d = dirs[j] / np.linalg.norm(dirs[j])
+        y = down.copy() if limb[j] else d - x * d[1]  # sagittal projection of the bone
+        if np.linalg.norm(y) < 0.3:               # bone mostly lateral: Y is world down (or up)
+            y = np.array([0.0, 0.0, 1.0 if d[2] > 0 else -1.0])
+        y /= np.linalg.norm(y)
+        frames[j] = np.stack([x, y, np.cross(x, y)], axis=1)
     return frames
+
+
+def limb_joint_mask(num_joints: int, groups: dict[str, np.ndarray]) -> np.ndarray:
+    """[J] bool: joints of the fore_*/hind_* groups that are not digits (limb-frame joints)."""
+    m = np.zeros(num_joints, bool)
+    for g in ("fore_l", "fore_r", "hind_l", "hind_r"):
+        m[np.asarray(groups.get(g, []), np.int64)] = True
+    m[np.asarray(groups.get("digits", []), np.int64)] = False
+    return m
 
 
 def _rotate_rest(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +231,8 @@ class BodyModel:
         self.face_regions = np.asarray(self.face_regions, np.int32)
         self.skin_weights = sp.csr_matrix(self.skin_weights, dtype=np.float32)
         if self.rest_frames is None:
-            self.rest_frames = anatomical_frames(self.rest_joints.astype(np.float64), self.parents)
+            self.rest_frames = anatomical_frames(self.rest_joints.astype(np.float64), self.parents,
+                                                 limb_joint_mask(len(self.parents), self.groups))
         self.validate()
 
     # -- structure ---------------------------------------------------------------------
