@@ -67,9 +67,9 @@ def mask_iou(cap: Path, names: list[str], mcfg: MaskConfig, background: list[Pat
     mp = MaskProvider(src, None, mcfg, backgrounds=[FrameSource(p) for p in background] if background else None,
                       seeds=seeds, prior=prior)
     ious = []
-    for i in range(len(src)):
-        for f in range(len(src[i])):
-            m, t = mp(i, f, rgb(src[i][f])), threshold_mask(truth[i][f], 127)
+    for f in range(min(len(s) for s in src)):
+        for m, tr in zip(mp.frame_set(f, [rgb(s[f]) for s in src]), truth):     # as the ingest does
+            t = threshold_mask(tr[f], 127)
             ious.append((m & t).sum() / max((m | t).sum(), 1))
     return float(np.mean(ious)), float(np.min(ious))
 

@@ -196,6 +196,26 @@ def test_body_prior_recovers_an_absorbed_body_and_drops_what_lies_far_outside():
         assert "keypoints disagree with the image" in fooled.flags[(0, k)]
 
 
+def test_frame_set_trusts_keypoints_unless_one_camera_alone_disagrees():
+    """All cameras' masks miss the keypoints: the background absorbed a resting body, the prior is
+    used. One camera alone misses them while the others hold them: that camera is wrong."""
+    frames, truth, _ = _resting_scene()
+    yy, xx = np.mgrid[:H, :W] + 0.5
+    prior = ((xx - 72) / 24) ** 2 + ((yy - 51) / 11) ** 2 <= 1
+    seeds = np.stack([xx[prior][::60], yy[prior][::60]], 1)
+    cams = [Frames(frames)] * 3
+    absorbed = MaskProvider(cams, None, replace(MASKS, background="median"), seeds=lambda c, f: seeds,
+                            prior=lambda c, f: prior)
+    ms = absorbed.frame_set(0, [frames[0]] * 3)
+    assert all(_iou(m & prior, truth[0] & prior) > 0.9 for m in ms) and not absorbed.flags
+    wrong = np.roll(prior, 45, axis=1)
+    per_cam = {0: prior, 1: prior, 2: wrong}
+    seeds_of = {c: np.stack([xx[p][::60], yy[p][::60]], 1) for c, p in per_cam.items()}
+    mp = MaskProvider(cams, None, MASKS, seeds=lambda c, f: seeds_of[c], prior=lambda c, f: per_cam[c])
+    ms = mp.frame_set(3, [frames[3]] * 3)
+    assert list(mp.flags) == [(2, 3)] and (ms[2] & wrong).sum() < 0.1 * wrong.sum()
+
+
 def test_given_empty_arena_background(caplog):
     frames, truth, floor = _resting_scene()
     empty = np.repeat(np.clip(np.rint(floor), 0, 255).astype(np.uint8)[None, ..., None], 3, -1)

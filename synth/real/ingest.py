@@ -254,7 +254,7 @@ def _manifest_lists(out: Path, done: Mapping[int, Any]) -> bool:
 def _frame_sample(f: int, split: str, sources, masks: MaskProvider, cams, calibration: Calibration,
                   norm_cfg: NormalizeConfig, chash: str, kin: KeypointInputs | None = None):
     frames = [rgb(s[f]) for s in sources]
-    ms = [masks(i, f, fr) for i, fr in enumerate(frames)]
+    ms = masks.frame_set(f, frames)
     views, norm, diag = normalize_frame_set(frames, ms, cams, calibration.up, norm_cfg)
     meta = {"index": int(f), "frame": int(f), "split": split, "seed": 0, "generator": GENERATOR, "config_hash": chash,
             "calibration": calibration.path, "calibration_units": calibration.units,

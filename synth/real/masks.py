@@ -493,24 +493,47 @@ class MaskProvider:
         return self.backgrounds[i]
 
     def __call__(self, i: int, frame_index: int, frame: np.ndarray) -> np.ndarray:
+        """One camera's mask (keypoints that miss its background-subtraction mask are not used)."""
+        return self._mask(i, frame_index, frame, self._raw(i, frame_index, frame), None)
+
+    def frame_set(self, frame_index: int, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every camera's mask of one frame set. With keypoints, a camera whose background-subtraction
+        mask misses them while most cameras' masks hold them has a wrong calibration: its keypoints
+        and body prior are not used (forcing its mask onto them would make it agree with the wrong
+        camera, and the consistency check could no longer name it). When most cameras miss them,
+        the background absorbed the body (a resting mouse) and the keypoints are trusted."""
+        raws = [self._raw(i, frame_index, fr) for i, fr in enumerate(frames)]
+        shares = [_seed_share(r, self.seeds(i, frame_index)) if self.seeds is not None and r is not None else None
+                  for i, r in enumerate(raws)]
+        known = [x for x in shares if x is not None]
+        most_hold = bool(known) and float(np.median(known)) >= self.cfg.seed_min_fraction
+        return [self._mask(i, frame_index, fr, raw, most_hold) for i, (fr, raw) in enumerate(zip(frames, raws))]
+
+    def _raw(self, i: int, frame_index: int, frame: np.ndarray) -> np.ndarray | None:
+        """The background-subtraction mask before any refinement (None for given or model masks)."""
+        if self.given is not None or self.model is not None:
+            return None
+        return subtract_background(frame, self.background(i), self.cfg)
+
+    def _mask(self, i: int, frame_index: int, frame: np.ndarray, raw: np.ndarray | None,
+              most_hold: bool | None) -> np.ndarray:
         seeds = self.seeds(i, frame_index) if self.seeds is not None else None
         if self.given is not None:
             m = threshold_mask(self.given[i][frame_index], self.cfg.given_threshold)
         elif self.model is not None:
             m = model_mask(self.model, str(self.cfg.model), frame)
         else:
-            m = subtract_background(frame, self.background(i), self.cfg)
             silhouette = self.prior(i, frame_index) if self.prior is not None else None
-            share = _seed_share(m, seeds)
-            if share is not None and share < self.cfg.seed_min_fraction and (seeds is not None or silhouette is not None):
-                # the keypoints land off what the image shows: a wrong calibration of this camera (or a
-                # failed track). Forcing the mask onto them would make it agree with the wrong camera.
+            share = _seed_share(raw, seeds)
+            if (share is not None and share < self.cfg.seed_min_fraction and most_hold is not False
+                    and (seeds is not None or silhouette is not None)):
+                # the keypoints land off what this camera shows (alone, or with nothing to compare)
                 msg = (f"keypoints disagree with the image (the background-subtraction mask holds {share:.0%} of "
                        "them): body prior and seeds not used")
                 self.flags[(i, frame_index)] = msg
                 log.warning("camera %d frame %d: %s", i, frame_index, msg)
-                return self._refine(frame, m, None, None)
-            m = self._refine(frame, m, seeds, silhouette)
+                return self._refine(frame, raw, None, None)
+            m = self._refine(frame, raw, seeds, silhouette)
         self._check_seeds(i, frame_index, m, seeds)
         return m
 
