@@ -7,10 +7,11 @@ with the former mask defaults and with the current ones.
 Each mode is a ``synth.fake_capture`` recording (raster renderer) of one failure seen on real
 data. Each is ingested twice: ``before`` = per-pixel median background, no graph cut, no
 relative threshold (the former defaults); ``after`` = configs/real/ingest.yaml as it is; some
-modes add a row with the empty-arena shot (``--background``) or without the relative
-threshold (``rel_thr=0``: the tail/reflection trade-off). Printed per row: frame sets
-written of those selected, the camera named as disagreeing in most frame sets (from the
-split's cameras_dropped.json), the mean and minimum IoU of the masks against the true
+modes add a row with the empty-arena shot (``--background``), without the relative
+threshold (``rel_thr=0``: the tail/reflection trade-off) or with the recording's 3D keypoints
+(``--keypoints``: the true keypoints with 1 mm noise, as a tracker gives them). Printed per
+row: frame sets written of those selected, the camera named as disagreeing in most frame
+sets (from the notes of the split's manifest.json), the mean and minimum IoU of the masks against the true
 silhouettes (all cameras and frames; what ingest computes, recomputed here on the captured
 frames), and from ``check_round_trip`` the body-size (scale) error and the origin error
 against the truth body box.
