@@ -1,7 +1,8 @@
 """Render throughput: the naive Blender loop vs the BlenderRenderer fast path, in one run.
 
-Both render the same posed procedural mice (PoseSampler), the same cameras, lights, coat,
-and equalise exactly three settings: resolution, samples and denoiser (plus what the
+Both render the same scenes, composed exactly as ``python -m synth.render`` composes them
+(``--model``: the procedural or the MAMMAL mouse; coat with fur strands, lights, the
+``sphere32`` rig with its framing, the camera-like exposure), and equalise exactly three settings: resolution, samples and denoiser (plus what the
 output requires: transparent film, depth/normal passes, and the same thread count):
 - naive (``blender.naive.render_naive``): what a user writes first: a fresh factory scene
   per pose, Blender's defaults for everything else, one ``render(write_still=True)`` per
@@ -12,10 +13,13 @@ output requires: transparent film, depth/normal passes, and the same thread coun
 Each is compared with a high-sample reference rendered with Blender's default bounces and
 a DIFFERENT seed (so neither path's noise pattern correlates with it), over the first
 ``--ref-views`` views of each pose: RMSE and PSNR over the reference's foreground, so
-speed is not bought with noise. Also reports the bytes of a 32-view sample at 256^2
+speed is not bought with noise. ``--before KEY=VALUE ...`` adds a row for the fast path with
+those preset values (e.g. the preset's previous settings), so a change is measured
+before/after in the same run. Also reports the bytes of a 32-view sample at 256^2
 encoded with MultiViewSample.encode(), and the per-stage profile of the fast path.
 
-    python -m benchmarks.render_throughput --poses 2 --views 32 --size 256 --quality train
+    python -m benchmarks.render_throughput --poses 2 --views 32 --size 256 --quality train \
+        --model $MOUSEFACELIFT_MAMMAL_DIR --before denoise_prefilter=ACCURATE adaptive_min_samples=0
 """
 from __future__ import annotations
 
@@ -31,35 +35,30 @@ import numpy as np
 from blender.backend import BlenderRenderer
 from blender.naive import render_naive
 from blender.quality import load_quality
-from mousefacelift.body import PoseSampler, load_body_model
-from mousefacelift.cameras import make_rig
 from mousefacelift.shards import SCHEMA, MultiViewSample
-from mousefacelift.scene import MeshSpec, SceneSpec, depth_range_for
-from synth.mouse.appearance import AppearanceSampler
-from synth.mouse.lighting import LightingSampler
+from mousefacelift.scene import SceneSpec
 
 log = logging.getLogger("render_throughput")
 
 
-def mouse_scenes(n: int, views: int, size: int, seed: int) -> list[SceneSpec]:
-    """Posed procedural mice normalised into [-0.9, 0.9]^3, with coat, lights and a sphere rig."""
-    model = load_body_model("procedural")
-    batch = PoseSampler(model).sample(np.arange(n), seed=seed)
-    verts = np.asarray(model.pose(batch.params).vertices, dtype=np.float64)
-    faces = np.asarray(model.faces)
-    regions = np.asarray(model.face_regions)
+def mouse_scenes(n: int, views: int, size: int, seed: int, model: str = "procedural",
+                 overrides: tuple[str, ...] = ()) -> list[SceneSpec]:
+    """Pose indices 0..n-1 composed by synth.render's MouseComposer at ``size`` pixels, keeping
+    ``views`` cameras spread evenly over the config's rig (sphere32)."""
+    import torch
+
+    from mousefacelift.config import compose, to_container
+    from synth.mouse import workers as W
+    from synth.mouse.dataset import render_dataset
+
+    torch.set_num_threads(1)
+    cfg = to_container(compose("render", [f"body_model={model}", f"resolution={size}", f"seed={seed}", *overrides]))
+    composer = W.make_composer(cfg, render_dataset(cfg))
     scenes = []
     for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        v = verts[i]
-        lo, hi = v.min(0), v.max(0)
-        v = (v - (lo + hi) / 2) * (1.8 / (hi - lo).max())
-        mats, _ = AppearanceSampler().sample(rng)
-        env, lights, _ = LightingSampler().sample(rng)
-        cams = make_rig(f"sphere{views}", size=size, seed=seed + i)
-        cams = depth_range_for(cams, v.min(0), v.max(0))
-        mesh = MeshSpec(vertices=v, faces=faces, face_region=regions, regions=list(model.region_names), materials=mats)
-        scenes.append(SceneSpec(meshes=[mesh], cameras=cams, environment=env, area_lights=lights, key=f"bench_{i:04d}"))
+        sc = composer.compose(i)
+        step = max(1, len(sc.cameras) // views)
+        scenes.append(replace(sc, cameras=sc.cameras[::step][:views], key=f"bench_{i:04d}"))
     return scenes
 
 
@@ -134,15 +133,32 @@ def main(argv=None) -> None:
     ap.add_argument("--encode-size", type=int, default=256)
     ap.add_argument("--skip-encode", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="procedural", help="body model: 'procedural' or a MAMMAL model folder")
+    ap.add_argument("--before", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="also time the fast path with these quality-preset values (before/after in one run)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     preset = load_quality(a.quality)
     size = a.size or preset.resolution
     samples = a.samples or preset.samples
-    scenes = mouse_scenes(a.poses, a.views, size, a.seed)
-    nviews = a.poses * a.views
+    before = {}
+    for kv in a.before:
+        key, sep, value = kv.partition("=")
+        if not sep or key not in preset.settings():
+            raise SystemExit(f"--before {kv!r}: expected KEY=VALUE with KEY a quality preset field "
+                             f"({', '.join(preset.settings())})")
+        kind = type(getattr(preset, key))
+        before[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    scenes = mouse_scenes(a.poses, a.views, size, a.seed, a.model)
+    nviews = sum(len(sc.cameras) for sc in scenes)
     load0 = os.getloadavg()
     fast_out, t_fast, _ = fast(scenes, preset.with_overrides(samples=samples), a.threads)
+    if before:
+        before_out, t_before, _ = fast(scenes, replace(preset.with_overrides(samples=samples), **before), a.threads)
+    # naive and the reference develop with the fast path's metered exposure (the reference
+    # sees only some views, so metering them alone would expose it differently)
+    scenes = [replace(sc, exposure=replace(sc.exposure, fixed_ev=o.exposure["exposure_ev"]))
+              if sc.exposure is not None and o.exposure else sc for sc, o in zip(scenes, fast_out)]
     naive_out, t_naive = naive(scenes, samples, preset.denoiser, a.threads)
     ref_scenes = [replace(sc, cameras=sc.cameras[:a.ref_views]) for sc in scenes]
     ref_out = reference(ref_scenes, preset.with_overrides(samples=a.ref_samples), a.threads, a.ref_seed)
@@ -152,11 +168,13 @@ def main(argv=None) -> None:
     rm_f, ps_f = fg_error(first(fast_out), ref_out)
     rm_n, ps_n = fg_error(first(naive_out), ref_out)
     rm_fn, ps_fn = fg_error(first(fast_out), first(naive_out))
+    if before:
+        rm_b, ps_b = fg_error(first(before_out), ref_out)
     load1 = os.getloadavg()
     render_f = sum(o.seconds_render for o in fast_out)
     render_n = sum(o.seconds_render for o in naive_out)
 
-    print(f"\nrender throughput: {a.poses} poses x {a.views} views at {size}^2, {samples} samples, "
+    print(f"\nrender throughput: {a.poses} {a.model!r} poses x {a.views} views at {size}^2, {samples} samples, "
           f"denoiser {preset.denoiser}, fast path preset {a.quality!r}, {a.threads} threads, CPU; "
           f"reference {a.ref_samples} samples, seed {a.ref_seed}, first {a.ref_views} views of each pose; "
           f"load average {load0[0]:.1f} -> {load1[0]:.1f} (1 min)")
@@ -164,13 +182,17 @@ def main(argv=None) -> None:
     print("| ----- | ------ | ------- | ----- | ---------------------- | ------------------- | ---------------- |")
     print(f"| naive | {t_naive / nviews:6.3f} | {nviews / t_naive:7.2f} | 1.00x | {render_n / nviews:22.3f} "
           f"| {rm_n:19.2f} | {ps_n:16.2f} |")
+    if before:
+        render_b = sum(o.seconds_render for o in before_out)
+        print(f"| fast before ({', '.join(a.before)}) | {t_before / nviews:6.3f} | {nviews / t_before:7.2f} | "
+              f"{t_naive / t_before:4.2f}x | {render_b / nviews:22.3f} | {rm_b:19.2f} | {ps_b:16.2f} |")
     print(f"| fast  | {t_fast / nviews:6.3f} | {nviews / t_fast:7.2f} | {t_naive / t_fast:4.2f}x | "
           f"{render_f / nviews:22.3f} | {rm_f:19.2f} | {ps_f:16.2f} |")
     print(f"fast vs naive directly: RMSE {rm_fn:.2f}, PSNR {ps_fn:.2f} dB")
     if a.skip_encode:
         return
     # bytes per encoded sample and the time outside Blender's rendering, at the shard size
-    enc = mouse_scenes(1, a.encode_views, a.encode_size, a.seed + 1000)[0]
+    enc = mouse_scenes(1, a.encode_views, a.encode_size, a.seed + 1000, a.model)[0]
     e_out, t_e, exr_bytes = fast([enc], preset.with_overrides(samples=samples), a.threads)
     o = e_out[0]
     t0 = time.perf_counter()

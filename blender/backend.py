@@ -5,9 +5,12 @@ subject mesh is updated in place (vertex coordinates only while the topology is
 unchanged), materials/world/lights only get new socket values, persistent data keeps
 Cycles' scene between renders, and every view is rendered by moving one camera, with the render region cropped to the
 subject's projected box (the rest of the frame is empty film; halves the view time). Each view's
-passes (combined RGBA, depth, normal) land in an uncompressed multilayer EXR in a RAM-backed
-temp folder and are read straight back into numpy (see ``docs/benchmarks.md`` for why and
-how fast). All convention changes happen in :mod:`blender.conventions`.
+passes (combined RGBA, depth, normal, diffuse albedo) land in an uncompressed multilayer EXR in
+a RAM-backed temp folder and are read straight back into numpy (see ``docs/benchmarks.md`` for
+why and how fast). The linear views of a sample are then developed together: one exposure
+metered over all of them, the scene's view transform (``SceneSpec.exposure``), 8-bit sRGB;
+views listed in ``SceneSpec.arena_views`` are rendered once more inside a lab arena
+(:mod:`blender.arena`). All convention changes happen in :mod:`blender.conventions`.
 
 Usage::
 
@@ -37,11 +40,11 @@ from mousefacelift.cameras import Camera
 from mousefacelift.scene import MeshSpec, SceneSpec
 from mousefacelift.shards.atomic import pid_alive
 
-from .conventions import (blender_camera_params, camera_normals, distort_views, planar_depth,
-                          straight_srgb8, subject_border)
+from .conventions import (blender_camera_params, camera_normals, develop_views, developed_srgb8, distort_views,
+                          meter_sums, planar_depth, subject_border)
 from .devices import configure_device
 from .exr import read_exr
-from .materials import SlotMaterial, set_image_pixels
+from .materials import FLOW_ATTRIBUTE, HAIR_ATTRIBUTE, SlotMaterial, set_image_pixels
 from .quality import QualityPreset
 from .world import HdrError, WorldRig
 
@@ -64,6 +67,9 @@ class RenderedViews:
     seconds_render: float       # inside Blender's render calls
     seconds_other: float        # scene updates, reading passes, conversions
     device: str = "CPU"
+    exposure: dict | None = None        # what develop_views did (also written to the scene's meta["exposure"])
+    linear: np.ndarray | None = None    # float32 [V,H,W,4] premultiplied linear RGBA (only with keep_linear)
+    meter: tuple[float, float] = (0.0, 0.0)   # summed conventions.meter_sums of the views
 
 
 @contextlib.contextmanager
@@ -121,6 +127,24 @@ def _ram_tmpdir() -> str:
     return tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}_", dir=base)
 
 
+def read_view_passes(ch: dict, cam: Camera, path: str = "EXR"):
+    """One view's EXR channels -> (premultiplied linear RGBA, premultiplied diffuse albedo RGB,
+    planar depth, OpenCV camera normals); the fast and the naive path read passes with this."""
+    pre = f"{VIEW_LAYER}."
+
+    def get(name):
+        try:
+            return ch[pre + name]                 # EXR row 0 is the top row, as in numpy images
+        except KeyError:
+            raise RuntimeError(f"render pass {pre + name!r} missing from {path} (have {sorted(ch)})") from None
+
+    premul = np.stack([get(f"Combined.{c}") for c in "RGBA"], axis=-1)
+    albedo = np.stack([get(f"DiffCol.{c}") for c in "RGB"], axis=-1)
+    depth = planar_depth(get("Depth.Z"))
+    normal = camera_normals(np.stack([get(f"Normal.{c}") for c in "XYZ"], axis=-1), cam.w2c, depth > 0)
+    return premul, albedo, depth, normal
+
+
 class MeshSlot:
     """One reusable Blender mesh object (plus its material slots and texture image)."""
 
@@ -161,6 +185,14 @@ class MeshSlot:
             uvl.data.foreach_set("uv", np.ascontiguousarray(spec.uv, dtype=np.float32).ravel())
         elif me.uv_layers.get("UVMap") is not None:
             me.uv_layers.remove(me.uv_layers["UVMap"])
+        for name, values in ((FLOW_ATTRIBUTE, spec.flow), (HAIR_ATTRIBUTE, spec.hair)):
+            attr = me.attributes.get(name)
+            if values is not None:
+                if attr is None:
+                    attr = me.attributes.new(name, "FLOAT_VECTOR", "POINT")
+                attr.data.foreach_set("vector", np.ascontiguousarray(values, dtype=np.float32).ravel())
+            elif attr is not None:
+                me.attributes.remove(attr)
         me.update()
         self._apply_materials(spec)
         return rebuilt
@@ -224,7 +256,9 @@ class BlenderRenderer:
         self.scene.collection.objects.link(self.camera)
         self.scene.camera = self.camera
         self._meshes: list[MeshSlot] = []
+        self._arena = None            # blender.arena.ArenaRig, built on the first scene with arena views
         self.exr_bytes = 0            # bytes of pass files read so far (for the benchmark's raw-size figure)
+        self.keep_linear = False      # also return the linear RGBA (benchmarks compare view transforms on it)
         BlenderRenderer._open = self
         log.info("Blender %s ready: quality=%s samples=%d device=%s threads=%s tmp=%s", bpy.app.version_string,
                  self.preset.name, self.preset.samples, self.device, self.threads or "all", self._tmp)
@@ -271,6 +305,7 @@ class BlenderRenderer:
         vl.use_pass_combined = True
         vl.use_pass_z = True
         vl.use_pass_normal = True
+        vl.use_pass_diffuse_color = True      # albedo for the exposure's incident-light metering
         r.filepath = os.path.join(self._tmp, "view.exr")
 
     # -- rendering -----------------------------------------------------------------------
@@ -309,24 +344,11 @@ class BlenderRenderer:
         r.use_border, r.use_crop_to_border = True, False
         r.border_min_x, r.border_max_x, r.border_min_y, r.border_max_y = border
 
-    def _read_passes(self, path: str, cam: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_passes(self, path: str, cam: Camera):
         self.exr_bytes += os.path.getsize(path)
         ch = read_exr(path)
         os.remove(path)
-        pre = f"{VIEW_LAYER}."
-
-        def get(name):
-            try:
-                return ch[pre + name]                 # EXR row 0 is the top row, as in numpy images
-            except KeyError:
-                raise RuntimeError(f"render pass {pre + name!r} missing from {path} (have {sorted(ch)})") from None
-
-        premul = np.stack([get(f"Combined.{c}") for c in "RGBA"], axis=-1)
-        rgba = straight_srgb8(premul)
-        depth = planar_depth(get("Depth.Z"))
-        hit = depth > 0
-        normal = camera_normals(np.stack([get(f"Normal.{c}") for c in "XYZ"], axis=-1), cam.w2c, hit)
-        return rgba, depth, normal
+        return read_view_passes(ch, cam, path)
 
     def render(self, scene: SceneSpec) -> RenderedViews:
         """Render every camera of ``scene``; see :class:`RenderedViews` for the outputs."""
@@ -344,7 +366,8 @@ class BlenderRenderer:
         self.world.apply(scene.environment)
         self.world.apply_lights(list(scene.area_lights))
         V, H, W = len(cams), cams[0].height, cams[0].width
-        rgba = np.zeros((V, H, W, 4), np.uint8)
+        linear = np.zeros((V, H, W, 4), np.float32)
+        meter = np.zeros(2)
         depth = np.zeros((V, H, W), np.float32)
         normal = np.zeros((V, H, W, 3), np.float32)
         t_render = 0.0
@@ -360,11 +383,55 @@ class BlenderRenderer:
             with quiet_stdout():
                 bpy.ops.render.render(write_still=True)
             t_render += time.perf_counter() - t
-            rgba[v], depth[v], normal[v] = self._read_passes(path, cam)
+            linear[v], albedo, depth[v], normal[v] = self._read_passes(path, cam)
+            meter += meter_sums(linear[v], albedo)
+        rgba, exposure = develop_views(linear, (float(meter[0]), float(meter[1])), scene.exposure)
+        if exposure is not None:
+            scene.meta["exposure"] = exposure
+        if scene.arena_views:
+            t = time.perf_counter()
+            scene.arrays["arena_rgb"] = self._render_arena(scene, cams, exposure)
+            t_render += time.perf_counter() - t
         if any(c.dist is not None for c in cams):
             rgba, depth, normal = distort_views(rgba, depth, normal, cams)
         total = time.perf_counter() - t0
-        return RenderedViews(rgba, depth, normal, cams, t_render, total - t_render, self.device)
+        return RenderedViews(rgba, depth, normal, cams, t_render, total - t_render, self.device, exposure,
+                             linear if self.keep_linear else None, (float(meter[0]), float(meter[1])))
+
+    def _render_arena(self, scene: SceneSpec, cams: list[Camera], exposure: dict | None) -> np.ndarray:
+        """The arena views again inside the lab arena, full frame, no alpha, developed with the
+        clean views' exposure: uint8 [len(arena_views), H, W, 3]."""
+        from .arena import ArenaRig
+
+        if self._arena is None:
+            self._arena = ArenaRig(self.scene)
+        self._arena.apply(scene.arena)
+        gain = exposure["exposure"] if exposure else 1.0
+        transform = exposure["view_transform"] if exposure else "standard"
+        r = self.scene.render
+        out = []
+        self._arena.show(True)
+        r.film_transparent = False
+        try:
+            for v in scene.arena_views:
+                cam = cams[int(v)]
+                self._set_camera(cam)
+                self._set_border(None)
+                # a camera under the floor films through it (an acrylic floor seen from below)
+                self._arena.floor.hide_render = bool(cam.center[2] <= scene.arena.floor_z)
+                with quiet_stdout():
+                    bpy.ops.render.render(write_still=True)
+                premul = self._read_passes(r.filepath, cam)[0]
+                premul[..., 3] = 1.0
+                view = developed_srgb8(premul, gain, transform)
+                if cam.dist is not None:
+                    view = distort_views(view[None], np.zeros(view.shape[:2] + (1,), np.float32)[None, ..., 0],
+                                         np.zeros(view.shape[:2] + (3,), np.float32)[None], [cam])[0][0]
+                out.append(view[..., :3])
+        finally:
+            self._arena.show(False)
+            r.film_transparent = True
+        return np.stack(out)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:

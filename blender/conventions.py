@@ -3,9 +3,14 @@
 Pure numpy (no bpy), so they are testable anywhere:
 - OpenCV camera (x right, y down, z forward; K + w2c) -> Blender camera (looks down -Z,
   +Y up; lens / sensor width / shift / pixel aspect with an explicit horizontal sensor fit);
-- Cycles' passes -> the project's arrays: premultiplied linear RGBA -> straight sRGB uint8,
+- Cycles' passes -> the project's arrays: premultiplied linear RGBA -> straight sRGB uint8
+  (plain sRGB, or a camera-like exposure + AgX view transform: :func:`develop_views`),
   depth pass -> planar camera z with 0 = no surface, world-space normal pass -> OpenCV
   camera-space unit normals.
+
+Colour is read from the linear EXR passes and turned into 8-bit here, not by Blender's colour
+management (which only applies to the images Blender itself saves), so the view transform
+is a numpy tone curve: exactly reproducible from the same linear data and testable without bpy.
 """
 from __future__ import annotations
 
@@ -61,20 +66,125 @@ def blender_camera_params(cam: Camera) -> BlenderCameraParams:
     return BlenderCameraParams(matrix_world, lens, SENSOR_WIDTH_MM, shift_x, shift_y, ax, ay, W, H)
 
 
-def straight_srgb8(premul_rgba: np.ndarray) -> np.ndarray:
-    """Linear premultiplied float RGBA [H,W,4] -> straight-alpha sRGB uint8 RGBA.
+def _straight(premul_rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Premultiplied linear RGBA -> (straight linear RGB, alpha in [0, 1]); NaN/inf -> 0.
 
     Un-premultiplying restores the surface colour at partially covered edge pixels, so a
     background composited later (``rgb*a + bg*(1-a)``) does not darken the silhouette.
     """
-    rgba = np.nan_to_num(premul_rgba.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    rgba = np.nan_to_num(np.asarray(premul_rgba, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     alpha = np.clip(rgba[..., 3:4], 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rgb = np.where(alpha > 1e-6, rgba[..., :3] / np.maximum(alpha, 1e-6), 0.0)
+    return np.maximum(rgb, 0.0).astype(np.float32), alpha
+
+
+def srgb_encode(rgb: np.ndarray) -> np.ndarray:
+    """Linear [0, 1] -> sRGB-encoded [0, 1] (IEC 61966-2-1 transfer function)."""
     rgb = np.clip(rgb, 0.0, 1.0)
-    srgb = np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.power(rgb, 1.0 / 2.4) - 0.055)
-    out = np.concatenate([srgb, alpha], axis=-1)
+    return np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.power(rgb, 1.0 / 2.4) - 0.055)
+
+
+def _to8(display: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    out = np.concatenate([display, alpha], axis=-1)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def straight_srgb8(premul_rgba: np.ndarray) -> np.ndarray:
+    """Linear premultiplied float RGBA [H,W,4] -> straight-alpha sRGB uint8 RGBA, values above
+    1 clipped (Blender's "Standard" view transform at exposure 0: the plain conversion)."""
+    rgb, alpha = _straight(premul_rgba)
+    return _to8(srgb_encode(rgb), alpha)
+
+
+# -- AgX ---------------------------------------------------------------------------------------
+# Blender's AgX is an OCIO config (a LUT); this is the published analytic form of its base
+# curve (Filament / three.js "AgXToneMapping"): Rec.709 -> Rec.2020, inset matrix, log2
+# encoding over [-12.47, +4.03] EV around 0.18, a 6th-order polynomial fit of the sigmoid,
+# outset matrix, 2.2 power, back to Rec.709. Highlights roll off and desaturate towards white
+# instead of clipping per channel: a white coat keeps its shading 6 stops above middle grey.
+_SRGB_TO_REC2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0113], [0.0164, 0.0880, 0.8956]])
+_REC2020_TO_SRGB = np.array([[1.6605, -0.5876, -0.0728], [-0.1246, 1.1329, -0.0083], [-0.0182, -0.1006, 1.1187]])
+_AGX_INSET = np.array([[0.856627153315983, 0.0951212405381588, 0.0482516061458583],
+                       [0.137318972929847, 0.761241990602591, 0.101439036467562],
+                       [0.11189821299995, 0.0767994186031903, 0.811302368396859]])
+_AGX_OUTSET = np.array([[1.1271005818144368, -0.11060664309660323, -0.016493938717834573],
+                        [-0.1413297634984383, 1.157823702216272, -0.016493938717834257],
+                        [-0.14132976349843826, -0.11060664309660294, 1.2519364065950405]])
+AGX_MIN_EV, AGX_MAX_EV = -12.47393, 4.026069          # log2 range of the encoding (0.18 * 2^-10 .. 0.18 * 2^6.5)
+_AGX_POLY = (15.5, -40.14, 31.96, -6.868, 0.4298, 0.1191, -0.00232)   # x^6 .. x^0
+_AGX_IN = _AGX_INSET @ _SRGB_TO_REC2020                # both matrices act on column vectors
+_AGX_OUT = _AGX_OUTSET
+
+
+def agx_display(rgb_linear: np.ndarray) -> np.ndarray:
+    """Scene-linear Rec.709 RGB [..., 3] (any range >= 0) -> sRGB display-encoded [0, 1] via AgX."""
+    x = np.asarray(rgb_linear, np.float64) @ _AGX_IN.T
+    x = np.log2(np.maximum(x, 1e-10))
+    x = np.clip((x - AGX_MIN_EV) / (AGX_MAX_EV - AGX_MIN_EV), 0.0, 1.0)
+    x = np.polyval(_AGX_POLY, x)
+    x = np.power(np.maximum(x @ _AGX_OUT.T, 0.0), 2.2) @ _REC2020_TO_SRGB.T
+    return srgb_encode(x).astype(np.float32)
+
+
+VIEW_TRANSFORMS = ("standard", "agx")
+LUMA_709 = np.array([0.2126, 0.7152, 0.0722], np.float32)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(rgb, np.float32) @ LUMA_709
+
+
+def meter_sums(premul_rgba: np.ndarray, albedo_premul: np.ndarray, min_alpha: float = 0.5) -> tuple[float, float]:
+    """One view's contribution to :func:`metered_exposure`: the sums of the straight linear
+    luminance and of the straight albedo luminance over the foreground (alpha > ``min_alpha``)."""
+    rgb, alpha = _straight(premul_rgba)
+    fg = alpha[..., 0] > min_alpha
+    if not fg.any():
+        return 0.0, 0.0
+    a = np.asarray(albedo_premul, np.float32)[fg] / alpha[fg]
+    return float(luminance(rgb[fg]).sum(dtype=np.float64)), float(luminance(np.maximum(a, 0.0)).sum(dtype=np.float64))
+
+
+def metered_exposure(sum_luminance: float, sum_albedo: float, key: float, offset_ev: float,
+                     min_ev: float, max_ev: float) -> tuple[float, float]:
+    """Incident-light metering: (exposure multiplier, meter).
+
+    ``meter`` = sum(L) / sum(albedo) over the foreground is the albedo-weighted mean shading
+    (how much light falls on the subject, independent of its coat colour), so a white coat
+    stays light and a black one dark, as under a hand-held incident meter; the exposure maps
+    a surface of albedo 1 under that mean light to linear ``key``, times 2^``offset_ev``,
+    limited to [2^min_ev, 2^max_ev]. No foreground (or no albedo) -> exposure 2^offset_ev.
+    """
+    if sum_albedo <= 1e-12 or sum_luminance <= 1e-12:
+        meter = float("nan")
+        ev = float(offset_ev)
+    else:
+        meter = float(sum_luminance / sum_albedo)
+        ev = float(np.log2(key / meter)) + float(offset_ev)
+    ev = float(np.clip(ev, min_ev, max_ev))
+    return float(2.0 ** ev), meter
+
+
+def developed_srgb8(premul_rgba: np.ndarray, exposure: float, view_transform: str) -> np.ndarray:
+    """Premultiplied linear RGBA -> straight uint8 RGBA: colour times ``exposure`` through the
+    view transform ("standard": clip at 1, sRGB; "agx": :func:`agx_display`); alpha unchanged."""
+    if view_transform not in VIEW_TRANSFORMS:
+        raise ValueError(f"view_transform: expected one of {VIEW_TRANSFORMS}, got {view_transform!r}")
+    rgb, alpha = _straight(premul_rgba)
+    rgb = rgb * np.float32(exposure)
+    display = agx_display(rgb) if view_transform == "agx" else srgb_encode(rgb)
+    return _to8(display, alpha)
+
+
+def clipped_share(rgba8: np.ndarray, level: int = 254, min_alpha: int = 128) -> float:
+    """Share of the foreground pixels (alpha >= ``min_alpha``) with any colour channel >= ``level``."""
+    rgba8 = np.asarray(rgba8)
+    fg = rgba8[..., 3] >= min_alpha
+    n = int(fg.sum())
+    if n == 0:
+        return 0.0
+    return float((rgba8[..., :3][fg] >= level).any(axis=-1).sum() / n)
 
 
 def planar_depth(depth_pass: np.ndarray) -> np.ndarray:
@@ -181,3 +291,24 @@ def subject_border(cam: Camera, points: np.ndarray, margin_px: float) -> tuple[f
     if x0 <= 0 and y0 <= 0 and x1 >= 1 and y1 >= 1:
         return None
     return (x0, x1, 1.0 - y1, 1.0 - y0)
+
+
+def develop_views(premul: np.ndarray, meter: tuple[float, float], exposure) -> tuple[np.ndarray, dict | None]:
+    """All views of one sample [V,H,W,4] (premultiplied linear) -> straight uint8 RGBA and the
+    ``meta["exposure"]`` record. ``meter`` = the summed :func:`meter_sums` of the views;
+    ``exposure`` a :class:`mousefacelift.scene.ExposureSpec`, or None for :func:`straight_srgb8`."""
+    if exposure is None:
+        return np.stack([straight_srgb8(p) for p in premul]), None
+    gain, m = 1.0, float("nan")
+    fixed = getattr(exposure, "fixed_ev", None)
+    if exposure.view_transform == "agx" and fixed is not None:
+        gain = float(2.0 ** float(fixed))
+    elif exposure.view_transform == "agx":
+        gain, m = metered_exposure(meter[0], meter[1], exposure.key, exposure.offset_ev, exposure.min_ev, exposure.max_ev)
+    out = np.stack([developed_srgb8(p, gain, exposure.view_transform) for p in premul])
+    record = {"view_transform": exposure.view_transform, "exposure": gain, "exposure_ev": float(np.log2(gain)),
+              "offset_ev": float(exposure.offset_ev) if exposure.view_transform == "agx" else 0.0,
+              "key": float(exposure.key), "meter": None if not np.isfinite(m) else m,
+              "metering": ("none (exposure 1)" if exposure.view_transform != "agx" else "fixed" if fixed is not None
+                           else "incident: sum(L)/sum(albedo) over the foreground of all views")}
+    return out, record

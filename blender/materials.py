@@ -1,7 +1,8 @@
 """MaterialSpec -> one reusable Cycles node graph per material slot.
 
 Every slot gets the same "uber" graph (Principled BSDF fed by object-space procedural
-patterns and an optional UV texture); a new MaterialSpec only changes socket values, so
+patterns, fur strands on the mesh's ``mfl_hair`` coordinates with the ``mfl_flow`` tangent, and an optional UV
+texture); a new MaterialSpec only changes socket values, so
 re-rendering thousands of poses creates no new datablocks and Cycles recompiles nothing
 but the changed constants.
 """
@@ -16,6 +17,10 @@ SUBSURFACE_RADIUS_RGB = (1.0, 0.35, 0.2)     # skin-like: red scatters furthest
 PATCH_EDGE = 0.03                            # half-width of the patch mask transition (noise units)
 PATCH_NOISE_SPREAD = 0.35                    # maps coverage in [0,1] to a threshold on Perlin noise
 TICK_FREQUENCY = 6.0                         # agouti ticking: speckles this many times finer than pattern_scale
+FLOW_ATTRIBUTE = "mfl_flow"                  # per-vertex hair direction (MeshSpec.flow): the anisotropy tangent
+HAIR_ATTRIBUTE = "mfl_hair"                  # per-vertex fur texture coordinates (MeshSpec.hair)
+STRAND_BUMP_DISTANCE = 0.03                  # world units of relief per unit of noise at strength 1
+STRAND_FAC_RANGE = (0.3, 0.7)                # where Perlin noise's Fac mostly lies: stretched to the full +-strand_color
 
 
 def _rgba(c) -> tuple[float, float, float, float]:
@@ -70,6 +75,36 @@ class SlotMaterial:
         self.tick_mix.data_type = "RGBA"
         link(self.tick_amount.outputs["Value"], self.tick_mix.inputs["Factor"])
         link(self.patch_mix.outputs["Result"], self.tick_mix.inputs["A"])
+        # fur strands: noise on the mesh's hair coordinates (+X along the hair, fixed on the
+        # body) squeezed along X, so clumps are strand_length times longer along the hair
+        hair = n("ShaderNodeAttribute")
+        hair.attribute_type = "GEOMETRY"
+        hair.attribute_name = HAIR_ATTRIBUTE
+        flow = n("ShaderNodeAttribute")
+        flow.attribute_type = "GEOMETRY"
+        flow.attribute_name = FLOW_ATTRIBUTE
+        self.squeeze = n("ShaderNodeVectorMath")
+        self.squeeze.operation = "MULTIPLY"
+        link(hair.outputs["Vector"], self.squeeze.inputs[0])
+        self.strand = n("ShaderNodeTexNoise")
+        self.strand.inputs["Detail"].default_value = 2.0
+        self.strand.inputs["Roughness"].default_value = 0.6
+        link(self.squeeze.outputs["Vector"], self.strand.inputs["Vector"])
+        self.bump = n("ShaderNodeBump")
+        self.bump.inputs["Distance"].default_value = STRAND_BUMP_DISTANCE
+        link(self.strand.outputs["Fac"], self.bump.inputs["Height"])
+        link(self.bump.outputs["Normal"], bsdf.inputs["Normal"])
+        link(flow.outputs["Vector"], bsdf.inputs["Tangent"])
+        self.strand_gain = n("ShaderNodeMapRange")          # fac in STRAND_FAC_RANGE -> [1-c, 1+c]
+        self.strand_gain.clamp = True
+        self.strand_gain.inputs["From Min"].default_value, self.strand_gain.inputs["From Max"].default_value = STRAND_FAC_RANGE
+        link(self.strand.outputs["Fac"], self.strand_gain.inputs["Value"])
+        strand_mul = n("ShaderNodeMix")
+        strand_mul.data_type = "RGBA"
+        strand_mul.blend_type = "MULTIPLY"
+        strand_mul.inputs["Factor"].default_value = 1.0
+        link(self.tick_mix.outputs["Result"], strand_mul.inputs["A"])
+        link(self.strand_gain.outputs["Result"], strand_mul.inputs["B"])
         # optional UV texture, multiplied in
         uv = n("ShaderNodeUVMap")
         self.tex = n("ShaderNodeTexImage")
@@ -77,7 +112,7 @@ class SlotMaterial:
         self.tex_mix = n("ShaderNodeMix")
         self.tex_mix.data_type = "RGBA"
         self.tex_mix.blend_type = "MULTIPLY"
-        link(self.tick_mix.outputs["Result"], self.tex_mix.inputs["A"])
+        link(strand_mul.outputs["Result"], self.tex_mix.inputs["A"])
         link(self.tex.outputs["Color"], self.tex_mix.inputs["B"])
         link(self.tex_mix.outputs["Result"], bsdf.inputs["Base Color"])
 
@@ -101,6 +136,15 @@ class SlotMaterial:
         self.tick_mask.inputs["From Max"].default_value = tthr + PATCH_EDGE
         self.tick_amount.inputs[1].default_value = s if spec.pattern == "agouti" else 0.0
         self.tick_mix.inputs["B"].default_value = _rgba(spec.color2)
+        st = float(spec.strands)
+        self.bump.mute = st <= 0.0                          # no relief: the plain shading normal
+        self.bump.inputs["Strength"].default_value = st
+        self.strand.inputs["Scale"].default_value = 1.0 / float(spec.strand_width)
+        self.squeeze.inputs[1].default_value = (1.0 / float(spec.strand_length), 1.0, 1.0)
+        c = float(spec.strand_color)
+        self.strand_gain.inputs["To Min"].default_value = 1.0 - c
+        self.strand_gain.inputs["To Max"].default_value = 1.0 + c
+        b["Anisotropic"].default_value = float(spec.anisotropy)
         self.tex.image = texture
         self.tex_mix.inputs["Factor"].default_value = 1.0 if texture is not None else 0.0
         b["Roughness"].default_value = float(spec.roughness)

@@ -25,8 +25,8 @@ import numpy as np
 
 from mousefacelift.scene import SceneSpec
 
-from .backend import VIEW_LAYER, MeshSlot, RenderedViews, quiet_stdout
-from .conventions import blender_camera_params, camera_normals, planar_depth, straight_srgb8
+from .backend import VIEW_LAYER, MeshSlot, RenderedViews, quiet_stdout, read_view_passes
+from .conventions import blender_camera_params, develop_views, meter_sums
 from .exr import read_exr
 from .world import WorldRig
 
@@ -51,6 +51,7 @@ def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out
     vl.name = VIEW_LAYER
     vl.use_pass_z = True
     vl.use_pass_normal = True
+    vl.use_pass_diffuse_color = True                          # the exposure's metering
     if threads:
         r.threads_mode, r.threads = "FIXED", int(threads)
     r.image_settings.file_format = "OPEN_EXR_MULTILAYER"       # codec and depth: Blender's defaults
@@ -65,7 +66,8 @@ def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out
     scene.camera = cam_obj
 
     V, H, W = len(cams), cams[0].height, cams[0].width
-    rgba = np.zeros((V, H, W, 4), np.uint8)
+    linear = np.zeros((V, H, W, 4), np.float32)
+    meter = np.zeros(2)
     depth = np.zeros((V, H, W), np.float32)
     normal = np.zeros((V, H, W, 3), np.float32)
     t_render = 0.0
@@ -84,10 +86,9 @@ def render_naive(spec: SceneSpec, samples: int, denoiser: str, threads: int, out
         with quiet_stdout():
             bpy.ops.render.render(write_still=True)
         t_render += time.perf_counter() - t
-        ch = read_exr(path)
-        pre = f"{VIEW_LAYER}."
-        rgba[v] = straight_srgb8(np.stack([ch[f"{pre}Combined.{c}"] for c in "RGBA"], axis=-1))
-        depth[v] = planar_depth(ch[f"{pre}Depth.Z"])
-        normal[v] = camera_normals(np.stack([ch[f"{pre}Normal.{c}"] for c in "XYZ"], axis=-1), cam.w2c, depth[v] > 0)
+        linear[v], albedo, depth[v], normal[v] = read_view_passes(read_exr(path), cam, path)
+        meter += meter_sums(linear[v], albedo)
+    rgba, exposure = develop_views(linear, (float(meter[0]), float(meter[1])), spec.exposure)
     total = time.perf_counter() - t0
-    return RenderedViews(rgba, depth, normal, cams, t_render, total - t_render, "CPU")
+    return RenderedViews(rgba, depth, normal, cams, t_render, total - t_render, "CPU", exposure,
+                         meter=(float(meter[0]), float(meter[1])))

@@ -48,3 +48,21 @@ def test_bad_config_is_named(tmp_path):
         load_appearance_config(p)
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_appearance_config(tmp_path / "nope.yaml")
+
+
+def test_fur_strands_are_drawn_from_the_config_and_only_for_the_coat():
+    cfg = load_appearance_config()
+    st = cfg["fur"]["strands"]
+    s = AppearanceSampler(cfg)
+    for seed in range(20):
+        mats, params = s.sample(np.random.default_rng(seed))
+        fur = mats["fur"]
+        for key, field in (("strength", "strands"), ("width", "strand_width"), ("length", "strand_length"),
+                           ("color", "strand_color"), ("anisotropy", "anisotropy")):
+            lo, hi = st[key]
+            assert lo <= getattr(fur, field) <= hi, (key, getattr(fur, field))
+        assert params["materials"]["fur"]["strands"] == fur.strands
+        assert all(mats[r].strands == 0.0 and mats[r].anisotropy == 0.0 for r in REGIONS if r != "fur")
+    smooth = dict(cfg, fur={k: v for k, v in cfg["fur"].items() if k != "strands"})
+    mats, _ = AppearanceSampler(smooth).sample(np.random.default_rng(0))
+    assert mats["fur"].strands == 0.0 and mats["fur"].anisotropy == 0.0     # no section: the smooth coat

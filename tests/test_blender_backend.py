@@ -4,6 +4,7 @@ One renderer for the whole module (bpy has one global scene per process), few sa
 two threads.
 """
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from blender.backend import BlenderRenderer, HdrError  # noqa: E402
 from blender.quality import load_quality  # noqa: E402
 from mousefacelift.cameras import Camera, intrinsics_from_fov, look_at  # noqa: E402
 from mousefacelift.meshraster import rasterize  # noqa: E402
-from mousefacelift.scene import (AreaLightSpec, EnvironmentSpec, MaterialSpec, MeshSpec,  # noqa: E402
-                                 SceneSpec)
+from mousefacelift.scene import (AreaLightSpec, EnvironmentSpec, ExposureSpec, MaterialSpec,  # noqa: E402
+                                 MeshSpec, SceneSpec)
 
 from synth.mouse.lighting import builtin_hdris  # noqa: E402
 
@@ -236,7 +237,6 @@ def test_first_render_of_a_new_mesh_slot_uses_every_region_material(renderer):
 def test_zip_exr_reads_back_like_uncompressed_and_crop_matches_full_frame(renderer):
     # The naive benchmark path writes Blender's default ZIP codec; the reader must decode it
     # to the same pixels. The subject crop (render region) must not change alpha or depth.
-    from dataclasses import replace
     v, f = _icosphere([0.2, 0, 0], 0.4, subdivisions=2)
     cam = [Camera(K=intrinsics_from_fov(50, 40), w2c=look_at([2.7, 0.3, 0.5]), width=40, height=40)]
     scene = SceneSpec(meshes=[_mesh(v, f)], cameras=cam, environment=WHITE)
@@ -256,3 +256,75 @@ def test_zip_exr_reads_back_like_uncompressed_and_crop_matches_full_frame(render
     assert renderer.scene.render.use_border                  # the crop was really used
     np.testing.assert_array_equal(crop.rgba[..., 3] > 0, full.rgba[..., 3] > 0)
     np.testing.assert_allclose(crop.depth, full.depth, atol=1e-5)
+
+
+def test_agx_exposure_removes_clipping_and_is_recorded_once_per_sample(renderer):
+    v, f = _icosphere([0, 0, 0], 0.6, subdivisions=3)
+    cams = [Camera(K=intrinsics_from_fov(50, 32), w2c=look_at(p), width=32, height=32)
+            for p in ([2.7, 0, 0.5], [-2.7, 0, 0.5])]
+    bright = EnvironmentSpec(color=(1.0, 1.0, 1.0), strength=6.0)           # a white coat far too bright for sRGB
+    base = dict(meshes=[_mesh(v, f, color=(0.85, 0.85, 0.85))], cameras=cams, environment=bright)
+    plain = renderer.render(SceneSpec(**base))
+    assert plain.exposure is None
+    from blender.conventions import clipped_share
+    assert clipped_share(plain.rgba[0]) > 0.5
+    spec = SceneSpec(**base, exposure=ExposureSpec(view_transform="agx", key=1.0, offset_ev=0.0), meta={})
+    out = renderer.render(spec)
+    rec = spec.meta["exposure"]
+    assert rec == out.exposure and rec["view_transform"] == "agx"
+    assert rec["meter"] == pytest.approx(6.0, rel=0.25)                      # incident light under a uniform sky
+    assert rec["exposure"] == pytest.approx(1.0 / rec["meter"], rel=1e-6)
+    assert all(clipped_share(x) == 0.0 for x in out.rgba)
+    solid = out.rgba[0][out.rgba[0, ..., 3] == 255][:, :3]
+    assert 150 < solid.mean() < 250                                          # still a light coat, with shading
+    np.testing.assert_array_equal(out.rgba[..., 3], plain.rgba[..., 3])      # alpha untouched
+
+
+def test_fur_strands_follow_the_hair_coordinates(renderer):
+    v, f = _icosphere([0, 0, 0], 0.6, subdivisions=4)
+    flow = np.cross(v, [0, 0, 1.0])                                          # around the vertical axis
+    flow /= np.maximum(np.linalg.norm(flow, axis=1, keepdims=True), 1e-9)
+    cam = [Camera(K=intrinsics_from_fov(40, 48), w2c=look_at([2.7, 0, 0.3]), width=48, height=48)]
+    fur = dict(strands=1.0, strand_width=0.1, strand_length=6.0, strand_color=0.4, anisotropy=0.5)
+
+    def render(mesh):
+        return renderer.render(SceneSpec(meshes=[mesh], cameras=cam, environment=WHITE)).rgba[0].astype(float)
+    smooth = render(_mesh(v, f, color=(0.6, 0.5, 0.4)))
+    hair = np.stack([np.arctan2(v[:, 1], v[:, 0]) * 0.6, v[:, 2], np.zeros(len(v))], 1)   # +X: around the axis
+    along = render(replace(_mesh(v, f, color=(0.6, 0.5, 0.4), **fur), flow=flow, hair=hair))
+    solid = (smooth[..., 3] == 255) & (along[..., 3] == 255)
+    from scipy.ndimage import binary_erosion
+    solid = binary_erosion(solid, iterations=3)
+    # streaks run horizontally (the flow): colour varies more down a column than along a row
+    g = along[..., 1] - smooth[..., 1]                                       # the strands without the shading
+    dy = np.abs(np.diff(g, axis=0))[solid[1:] & solid[:-1]].mean()
+    dx = np.abs(np.diff(g, axis=1))[solid[:, 1:] & solid[:, :-1]].mean()
+    assert dy > 1.3 * dx, (dx, dy)
+    assert np.abs(along - smooth)[solid].mean() > 3                          # the strands are visible
+    slot = renderer._meshes[0]
+    assert slot.mesh.attributes.get("mfl_flow") is not None and slot.mesh.attributes.get("mfl_hair") is not None
+    render(_mesh(v, f))                                                      # a mesh without them drops them
+    assert slot.mesh.attributes.get("mfl_flow") is None and slot.mesh.attributes.get("mfl_hair") is None
+
+
+def test_arena_views_render_surroundings_and_leave_the_clean_views_alone(renderer):
+    from mousefacelift.scene import ArenaSpec
+    v, f = _icosphere([0, 0, 0], 0.5, subdivisions=2)
+    cams = [Camera(K=intrinsics_from_fov(60, 32), w2c=look_at(p), width=32, height=32)
+            for p in ([2.0, 0.3, 1.5], [0.3, 2.0, -1.0])]                  # above / below the floor
+    base = dict(meshes=[_mesh(v, f, color=(0.2, 0.2, 0.8))], cameras=cams, environment=WHITE)
+    clean = renderer.render(SceneSpec(**base))
+    arena = ArenaSpec(floor_z=-0.5, half_size=1.5, wall_height=0.6, bedding_color=(0.6, 0.45, 0.3))
+    scene = SceneSpec(**base, arena=arena, arena_views=[0, 1])
+    out = renderer.render(scene)
+    np.testing.assert_array_equal(out.rgba[..., 3], clean.rgba[..., 3])     # the clean views keep their alpha
+    ctx = scene.arrays["arena_rgb"]
+    assert ctx.shape == (2, 32, 32, 3) and ctx.dtype == np.uint8
+    empty = clean.rgba[0, ..., 3] == 0
+    floor = ctx[0][empty]                                                   # around the subject: bedding, not film
+    assert floor.mean() > 20 and floor[:, 0].mean() > floor[:, 2].mean()   # warm bedding colour
+    assert (clean.rgba[0][empty][:, :3] == 0).all()
+    after = renderer.render(SceneSpec(**base))                              # the arena is hidden again
+    np.testing.assert_array_equal(after.rgba[..., 3], clean.rgba[..., 3])
+    with pytest.raises(ValueError, match="arena_views"):
+        SceneSpec(**base, arena_views=[0]).validate()

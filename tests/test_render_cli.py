@@ -173,3 +173,31 @@ def test_manifest_is_repaired_from_sidecars_when_a_run_died_before_merging(tmp_p
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     assert R.main(args) == 0
     assert [s["index"] for s in S.read_manifest(tmp_path)["shards"]] == [0, 1]
+
+
+# -- render config sections (fast) -----------------------------------------------------------
+def test_render_config_exposure_and_arena_sections_compose_into_the_scene():
+    import numpy as np
+
+    from mousefacelift.config import ConfigError, compose, to_container
+    from synth.mouse.compose import arena_spec
+    from synth.mouse.dataset import render_dataset
+
+    cfg = to_container(compose("render", ["rig.name=sphere2", "arena.enabled=true", "arena.views=[1]"]))
+    comp = W.make_composer(cfg, render_dataset(cfg))
+    a, b = comp.compose(3), comp.compose(3)
+    assert a.exposure == b.exposure and a.exposure.view_transform == "agx"
+    lo, hi = cfg["exposure"]["offset_ev"]
+    assert lo <= a.exposure.offset_ev <= hi
+    assert a.arena == b.arena and a.arena_views == [1] and a.meta["arena"]["views"] == [1]
+    assert a.arena.floor_z == pytest.approx(float(np.min(a.meshes[0].vertices[:, 2])))   # under the paws
+    assert a.meshes[0].hair is not None and a.meshes[0].flow.shape == a.meshes[0].vertices.shape
+    off = to_container(compose("render", ["rig.name=sphere2"]))
+    plain = W.make_composer(off, render_dataset(off)).compose(3)
+    assert plain.arena is None and plain.arena_views == [] and "arena" not in plain.meta
+    assert plain.exposure == a.exposure                     # the arena's stream does not shift the others
+    rng = np.random.default_rng(0)
+    with pytest.raises(ConfigError, match="arena.views"):
+        arena_spec(dict(cfg["arena"], views=[5]), rng, 0.0, n_views=2)
+    with pytest.raises(ConfigError, match="half_size"):
+        arena_spec({k: v for k, v in cfg["arena"].items() if k != "half_size"}, rng, 0.0, n_views=2)

@@ -73,10 +73,14 @@ class AppearanceSampler:
         elif "ticking" in fam:
             pattern, color2 = "agouti", _color(rng, fam["ticking"], j)
             coverage, strength = _u(rng, fam["ticking_coverage"]), 1.0
+        st = fur_cfg.get("strands") or {}
+        strands = {} if not st else dict(
+            strands=_u(rng, st["strength"]), strand_width=_u(rng, st["width"]), strand_length=_u(rng, st["length"]),
+            strand_color=_u(rng, st["color"]), anisotropy=_u(rng, st["anisotropy"]))
         fur = MaterialSpec(base_color=fur_color, roughness=_u(rng, fur_cfg["roughness"]),
                            sheen=_u(rng, fur_cfg["sheen"]), sheen_tint=(1.0, 1.0, 1.0),
                            specular=_u(rng, fur_cfg["specular"]), pattern=pattern, color2=color2,
-                           pattern_scale=scale, pattern_strength=strength, coverage=coverage)
+                           pattern_scale=scale, pattern_strength=strength, coverage=coverage, **strands)
         sk = cfg["skin"]
         skin_color = _color(rng, sk[fam.get("skin", "pink")], j)
         sss = _u(rng, sk["subsurface"])

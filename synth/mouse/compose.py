@@ -3,8 +3,9 @@
 Determinism: everything about sample ``index`` is drawn from ``SeedSequence([seed, index])``
 alone (the pose sampler derives its own stream from the same pair), so the same index gives
 the same scene whatever batch, worker, shard split or cluster job it is composed in. The
-sequence is split into independent child streams (appearance, lighting, rig), so adding a
-random draw to one part never shifts the others.
+sequence is split into independent child streams (appearance, lighting, rig, exposure, arena), so
+adding a random draw to one part never shifts the others (``spawn`` children do not depend on
+how many are spawned, so appending a stream keeps the earlier ones).
 
 Normalisation (docs/architecture.md §3, :mod:`mousefacelift.framing`): the box of the posed body
 WITHOUT THE TAIL is centred at the origin and its longest half-extent scaled to
@@ -23,7 +24,7 @@ import torch
 from mousefacelift.cameras import InputViews, TargetLayout, look_at, make_rig, orbit_angles
 from mousefacelift.config import to_container
 from mousefacelift.framing import body_box, framed_intrinsics, normalization, sample_distances
-from mousefacelift.scene import MaterialSpec, MeshSpec, SceneSpec, depth_range_for
+from mousefacelift.scene import ArenaSpec, ExposureSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for, surface_flow
 from mousefacelift.shards import SCHEMA
 from synth.mouse.appearance import AppearanceSampler
 from synth.mouse.dataset import RenderDataset, render_dataset
@@ -31,7 +32,7 @@ from synth.mouse.lighting import LightingSampler
 from synth.mouse.meta import json_safe
 
 # Child streams of SeedSequence([seed, index]); the order is part of the data definition.
-STREAMS = ("appearance", "lighting", "rig")
+STREAMS = ("appearance", "lighting", "rig", "exposure", "arena")
 
 
 def sample_key(index: int, source: str = "mouse") -> str:
@@ -42,6 +43,60 @@ def index_rng(seed: int, index: int) -> dict[str, np.random.Generator]:
     """Independent generators for each part of sample ``index`` (see module docstring)."""
     children = np.random.SeedSequence([int(seed), int(index)]).spawn(len(STREAMS))
     return {name: np.random.default_rng(ss) for name, ss in zip(STREAMS, children)}
+
+
+def exposure_spec(cfg: dict | None, rng: np.random.Generator, where: str = "exposure") -> ExposureSpec | None:
+    """The render config's ``exposure`` section -> this sample's ExposureSpec (the offset drawn
+    uniformly from ``offset_ev``); None when the section is absent (plain sRGB, exposure 1)."""
+    from mousefacelift.config import ConfigError
+
+    if cfg is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in cfg["offset_ev"])
+        spec = ExposureSpec(view_transform=str(cfg["view_transform"]), key=float(cfg["key"]),
+                            offset_ev=float(rng.uniform(lo, hi)) if hi > lo else lo,
+                            min_ev=float(cfg["min_ev"]), max_ev=float(cfg["max_ev"]),
+                            fixed_ev=None if cfg.get("fixed_ev") is None else float(cfg["fixed_ev"]))
+        if hi < lo:
+            raise ValueError(f"{where}.offset_ev: high < low: {[lo, hi]}")
+        spec.validate(where)
+    except KeyError as e:
+        raise ConfigError(f"{where}: missing key {e} (see configs/render.yaml)") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return spec
+
+
+def arena_spec(cfg: dict | None, rng: np.random.Generator, floor_z: float, n_views: int,
+               where: str = "arena") -> tuple[ArenaSpec | None, list[int]]:
+    """The render config's ``arena`` section -> (this sample's ArenaSpec, its view indices);
+    (None, []) when absent or not enabled. The floor lies at ``floor_z`` (the posed body's
+    lowest point), the subject somewhere near the middle."""
+    from mousefacelift.config import ConfigError
+
+    if not cfg or not cfg.get("enabled"):
+        return None, []
+    try:
+        views = [int(v) for v in cfg["views"]]
+        bad = [v for v in views if not 0 <= v < n_views]
+        if bad:
+            raise ValueError(f"{where}.views: {bad} are not view indices of this rig (0..{n_views - 1})")
+        u = lambda key: float(rng.uniform(*(float(x) for x in cfg[key])))   # noqa: E731
+        half = u("half_size")
+        reach = max(half - 0.5, 0.0) * float(cfg["off_centre"])
+        colors = [tuple(float(c) for c in col) for col in cfg["bedding_colors"]]
+        spec = ArenaSpec(floor_z=float(floor_z), half_size=half, wall_height=u("wall_height"),
+                         center=tuple(float(x) for x in rng.uniform(-reach, reach, 2)),
+                         rotation_deg=float(rng.uniform(0.0, 90.0)),
+                         bedding_color=colors[int(rng.integers(len(colors)))], bedding_scale=u("bedding_scale"),
+                         wall_roughness=u("wall_roughness"))
+        spec.validate(where)
+    except KeyError as e:
+        raise ConfigError(f"{where}: missing key {e} (see configs/render.yaml)") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return spec, views
 
 
 def rig_cameras(rig: dict, size: int, rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
@@ -122,6 +177,22 @@ def body_keep(model) -> np.ndarray | None:
     return model.region_of_vertices() != regions.index("tail_skin")
 
 
+HAIR_FLOW_DOWN = 0.5    # hair runs nose -> tail and this much downwards (per unit of length)
+
+
+def hair_coordinates(rest_vertices: np.ndarray, scale: float) -> np.ndarray:
+    """Fur texture coordinates (MeshSpec.hair): the rest pose in a frame whose +X is the hair
+    direction, towards the tail (-X in the project's body frame, the snout at +X) and down
+    the flanks and legs (-Z), times the sample's normalisation ``scale`` (world units). On the
+    surface the hair runs along the gradient of the first coordinate; the coordinates ride
+    on the body, so the clumps move with it through any pose."""
+    d = np.array([-1.0, 0.0, -HAIR_FLOW_DOWN])
+    d /= np.linalg.norm(d)
+    side = np.array([0.0, 1.0, 0.0])
+    frame = np.stack([d, side, np.cross(d, side)])
+    return (np.asarray(rest_vertices, np.float64) @ frame.T * float(scale)).astype(np.float32)
+
+
 # -- the composer --------------------------------------------------------------------------
 class MouseComposer:
     """Holds what is expensive to build once per worker (body model, pose sampler, HDRI pool)
@@ -170,9 +241,13 @@ class MouseComposer:
         uv = None
         if getattr(model, "uvs", None) is not None and getattr(model, "faces_uv", None) is not None:
             uv = np.asarray(model.uvs, np.float32)[np.asarray(model.faces_uv)]
-        mesh = MeshSpec(vertices=wverts, faces=np.asarray(model.faces), face_region=np.asarray(model.face_regions),
-                        regions=list(model.region_names), materials=materials, uv=uv, name="mouse")
+        faces = np.asarray(model.faces)
+        hair = hair_coordinates(model.rest_vertices, scale)
+        mesh = MeshSpec(vertices=wverts, faces=faces, face_region=np.asarray(model.face_regions),
+                        regions=list(model.region_names), materials=materials, uv=uv, name="mouse",
+                        hair=hair, flow=surface_flow(wverts, faces, hair[:, 0]))
 
+        arena, arena_views = arena_spec(plain.get("arena"), rngs["arena"], float(wverts[:, 2].min()), len(cams))
         J, P = len(joints), len(kps)
         pose_meta = {"family": str(batch.family[0]), "attempts": int(batch.attempts[0]),
                      "forced": bool(batch.forced[0]), "params_layout": {
@@ -181,7 +256,7 @@ class MouseComposer:
         gen = plain["generator"]
         meta = {
             "schema": SCHEMA, "source": source, "index": index, "seed": seed,
-            "seed_derivation": "numpy SeedSequence([seed, index]).spawn(3) -> appearance, lighting, rig; "
+            "seed_derivation": "numpy SeedSequence([seed, index]).spawn(5) -> appearance, lighting, rig, exposure, arena; "
                                "pose: PoseSampler.sample(indices=[index], seed=seed)",
             "generator": {"name": gen["name"], "version": gen["version"]},
             "config_hash": self.config_hash,
@@ -195,12 +270,14 @@ class MouseComposer:
             "lighting": json_safe(lighting_meta),
             "rig": str(rig["name"]),
             **({"rig_views": views} if (views := rig_views_meta(rig, cams)) is not None else {}),
+            **({"arena": {"views": arena_views, **json_safe(arena)}} if arena is not None else {}),
             "joints_layout": {"joints": [0, J], "keypoints": [J, J + P],
                               "keypoint_names": list(getattr(model, "keypoint_names", [])),
                               "units": "world (normalised)"},
         }
         scene = SceneSpec(meshes=[mesh], cameras=cams, environment=environment, area_lights=list(area_lights),
-                          meta=meta, arrays={"joints": np.concatenate([to_world(joints), to_world(kps)]),
+                          exposure=exposure_spec(plain.get("exposure"), rngs["exposure"]), arena=arena,
+                          arena_views=arena_views, meta=meta, arrays={"joints": np.concatenate([to_world(joints), to_world(kps)]),
                                              "pose": np.asarray(batch.params.to_array()[0], np.float32)},
                           key=sample_key(index, source))
         return scene.validate()

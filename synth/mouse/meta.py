@@ -10,9 +10,15 @@ Beyond the schema's own keys (docs/architecture.md §2) the mouse composer
     lighting.sky        the sky's parameters, null under an HDRI
     lighting.strength   the environment's strength
     lighting.area_lights  the extra area lights (LightingSampler.sample)
+    exposure            how the linear render became 8-bit colour (written by the renderer,
+                        blender.conventions.develop_views): view_transform ("agx" | "standard"),
+                        exposure (linear multiplier, one for all views), exposure_ev (its log2),
+                        offset_ev (the random offset drawn per sample), key, meter (the
+                        incident-light meter: sum(L)/sum(albedo) over the foreground), metering
 
 Object samples carry the same ``lighting`` section and none of the mouse's; real captures
-carry none of these. Each reader returns None where the sample does not record the fact.
+carry none of these; samples rendered before the exposure existed carry no ``exposure``
+(plain sRGB at exposure 1). Each reader returns None where the sample does not record the fact.
 """
 from __future__ import annotations
 
@@ -79,3 +85,14 @@ def light_strength(meta: Mapping) -> float | None:
 def area_light_count(meta: Mapping) -> int | None:
     lights = _section(meta, "lighting").get("area_lights")
     return len(lights) if isinstance(lights, list) else None
+
+
+def view_transform(meta: Mapping) -> str | None:
+    """"agx" / "standard" as the renderer recorded it; None for samples without the record."""
+    return _text(_section(meta, "exposure").get("view_transform"))
+
+
+def exposure_ev(meta: Mapping) -> float | None:
+    """The sample's exposure in stops (log2 of the multiplier applied to the linear render)."""
+    value = _section(meta, "exposure").get("exposure_ev")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
