@@ -136,6 +136,9 @@ def validate_config(cfg) -> None:
                  **extra)
     except ValueError as e:
         raise RenderError(f"--rig: {e}") from None
+    if (cfg.get("input_look") or {}).get("enabled") and not is_mvinput(cfg["rig"]["name"]):
+        raise RenderError(f"input_look.enabled=true: the input look needs the mvinput rig (view 0 = the input), "
+                          f"got rig.name={cfg['rig']['name']!r}")
     m = str(cfg["body_model"])
     if m not in ("procedural", "mammal") and not Path(m).expanduser().is_dir():
         raise RenderError(f"--model {m!r}: not 'procedural' and not an existing folder (expected the MAMMAL mouse "

@@ -205,3 +205,20 @@ def test_mammal_model_composes_into_the_cube(mammal, cfg):
     assert s.meshes[0].uv is not None and s.meta["body_model"] == "mammal"
     again = C.MouseComposer(m, cfg).compose(4)
     np.testing.assert_array_equal(again.arrays["pose"], s.arrays["pose"])
+
+
+def test_input_look_is_drawn_for_the_mvinput_input_view_only(model):
+    """The render-time lab-camera look: drawn in compose (its own seed stream, so every other draw
+    is unchanged), recorded for view 0, part of the dataset's identity; refused without mvinput."""
+    from synth.render import RenderError, validate_config
+
+    plain = to_container(compose("render", ["rig=mvinput", "resolution=32", "seed=7"]))
+    looked = to_container(compose("render", ["rig=mvinput", "resolution=32", "seed=7", "input_look.enabled=true"]))
+    a, b = C.MouseComposer(model, plain).compose(4), C.MouseComposer(model, looked).compose(4)
+    assert "lab_camera" not in a.meta and list(b.meta["lab_camera"]["views"]) == ["0"]
+    for k, v in _scene_arrays(a).items():
+        np.testing.assert_array_equal(v, _scene_arrays(b)[k], err_msg=k)
+    assert a.meta["appearance"] == b.meta["appearance"] and a.meta["lighting"] == b.meta["lighting"]
+    assert render_dataset(plain).config_hash != render_dataset(looked).config_hash
+    with pytest.raises(RenderError, match="needs the mvinput rig"):
+        validate_config(to_container(compose("render", ["resolution=32", "input_look.enabled=true"])))

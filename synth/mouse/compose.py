@@ -3,7 +3,8 @@
 Determinism: everything about sample ``index`` is drawn from ``SeedSequence([seed, index])``
 alone (the pose sampler derives its own stream from the same pair), so the same index gives
 the same scene whatever batch, worker, shard split or cluster job it is composed in. The
-sequence is split into independent child streams (appearance, lighting, rig, exposure, arena), so
+sequence is split into independent child streams (appearance, lighting, rig, exposure, arena,
+input_look), so
 adding a random draw to one part never shifts the others (``spawn`` children do not depend on
 how many are spawned, so appending a stream keeps the earlier ones).
 
@@ -23,6 +24,7 @@ import torch
 
 from mousefacelift.cameras import InputViews, TargetLayout, look_at, make_rig, orbit_angles
 from mousefacelift.config import to_container
+from mousefacelift.labcamera import input_look_config, input_view_looks
 from mousefacelift.framing import body_box, framed_intrinsics, normalization, sample_distances
 from mousefacelift.scene import ArenaSpec, ExposureSpec, MaterialSpec, MeshSpec, SceneSpec, depth_range_for, surface_flow
 from mousefacelift.shards import SCHEMA
@@ -32,7 +34,7 @@ from synth.mouse.lighting import LightingSampler
 from synth.mouse.meta import json_safe
 
 # Child streams of SeedSequence([seed, index]); the order is part of the data definition.
-STREAMS = ("appearance", "lighting", "rig", "exposure", "arena")
+STREAMS = ("appearance", "lighting", "rig", "exposure", "arena", "input_look")   # appended streams leave earlier draws as they were
 
 
 def sample_key(index: int, source: str = "mouse") -> str:
@@ -210,6 +212,7 @@ class MouseComposer:
         self.coats = AppearanceSampler(self.plain["appearance"])
         self.lights = LightingSampler(self.plain["lighting"])
         self.body_keep = body_keep(model)
+        self.input_look = input_look_config(self.plain.get("input_look")) if is_mvinput(self.plain["rig"]["name"]) else None
 
     def compose(self, index: int, seed: int | None = None) -> SceneSpec:
         index = int(index)
@@ -256,7 +259,8 @@ class MouseComposer:
         gen = plain["generator"]
         meta = {
             "schema": SCHEMA, "source": source, "index": index, "seed": seed,
-            "seed_derivation": "numpy SeedSequence([seed, index]).spawn(5) -> appearance, lighting, rig, exposure, arena; "
+            "seed_derivation": "numpy SeedSequence([seed, index]).spawn(6) -> appearance, lighting, rig, exposure, arena, "
+                               "input_look; "
                                "pose: PoseSampler.sample(indices=[index], seed=seed)",
             "generator": {"name": gen["name"], "version": gen["version"]},
             "config_hash": self.config_hash,
@@ -275,6 +279,8 @@ class MouseComposer:
                               "keypoint_names": list(getattr(model, "keypoint_names", [])),
                               "units": "world (normalised)"},
         }
+        if self.input_look is not None:     # drawn here, applied to view 0's colour after rendering (workers)
+            meta["lab_camera"] = input_view_looks(self.input_look, rngs["input_look"], views=(0,))[1]
         scene = SceneSpec(meshes=[mesh], cameras=cams, environment=environment, area_lights=list(area_lights),
                           exposure=exposure_spec(plain.get("exposure"), rngs["exposure"]), arena=arena,
                           arena_views=arena_views, meta=meta, arrays={"joints": np.concatenate([to_world(joints), to_world(kps)]),

@@ -9,11 +9,12 @@ to the workers and the Blender backend as it is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from blender.quality import QualityPreset, load_quality
 from mousefacelift.config import ConfigError, config_hash, to_container
+from mousefacelift.labcamera import input_look_config
 
 OPERATIONAL_KEYS = ("run",)     # config sections that do not change the data (excluded from the hash)
 
@@ -43,4 +44,7 @@ def render_dataset(cfg: Any) -> RenderDataset:
     quality = preset.with_overrides(c.get("resolution"), c.get("samples"))
     c["quality_preset"] = preset.settings()
     c["image_size"] = quality.resolution
+    look = input_look_config(c.get("input_look"))
+    if look is not None:     # its values live in configs/data/base.yaml: they are part of what the data is
+        c["input_look_resolved"] = asdict(look)
     return RenderDataset(config=c, config_hash=config_hash(c), quality=quality)

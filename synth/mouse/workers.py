@@ -154,7 +154,12 @@ def render_sample(composer, renderer, index: int, normals: bool, png_level: int,
     t1 = time.perf_counter()
     views = renderer.render(scene)
     t2 = time.perf_counter()
-    sample = MultiViewSample(key=scene.key, meta=scene.meta, rgba=views.rgba, cameras=scene.cameras,
+    rgba = views.rgba
+    if "lab_camera" in scene.meta:      # the input view's lab-camera look, drawn in compose: colour only
+        from mousefacelift.labcamera import look_rgba, looks_from_meta
+
+        rgba = look_rgba(rgba, looks_from_meta(scene.meta["lab_camera"]))
+    sample = MultiViewSample(key=scene.key, meta=scene.meta, rgba=rgba, cameras=scene.cameras,
                              depth=views.depth, normal=views.normal if normals else None, arrays=scene.arrays)
     fields = sample.encode(png_compress_level=png_level)
     t3 = time.perf_counter()
