@@ -44,7 +44,7 @@ class Camera:
     """A pinhole camera (plus optional OpenCV distortion) in the project convention.
 
     ``K`` is 3x3, ``w2c`` 4x4 world-to-camera (OpenCV axes), ``dist`` the OpenCV
-    ``[k1, k2, p1, p2, k3]`` coefficients or None for an ideal pinhole.
+    ``[k1, k2, p1, p2(, k3(, k4, k5, k6))]`` coefficients (4, 5 or 8) or None for an ideal pinhole.
     """
 
     K: np.ndarray
@@ -174,24 +174,28 @@ class Camera:
 
 
 def distort_normalized(xn: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Apply OpenCV radial-tangential distortion to normalised image points [N,2]."""
+    """Apply OpenCV distortion to normalised image points [N,2]: radial-tangential
+    ``[k1, k2, p1, p2(, k3)]`` or the rational model ``[k1, k2, p1, p2, k3, k4, k5, k6]``
+    (the radial factor divided by ``1 + k4 r² + k5 r⁴ + k6 r⁶``), as ``cv2.projectPoints``."""
     d = np.zeros(8)
     d[: len(dist)] = dist
-    k1, k2, p1, p2, k3 = d[:5]
+    k1, k2, p1, p2, k3, k4, k5, k6 = d
     x, y = xn[:, 0], xn[:, 1]
     r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
+    radial = (1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3) / (1 + k4 * r2 + k5 * r2 ** 2 + k6 * r2 ** 3)
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
     yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
     return np.stack([xd, yd], axis=-1)
 
 
-def undistort_normalized(xd: np.ndarray, dist: np.ndarray, iterations: int = 20) -> np.ndarray:
-    """Invert :func:`distort_normalized` by fixed-point iteration (OpenCV's method)."""
-    x = xd.copy()
-    for _ in range(iterations):
-        x = x - (distort_normalized(x, dist) - xd)
-    return x
+def undistort_normalized(xd: np.ndarray, dist: np.ndarray, iterations: int = 40) -> np.ndarray:
+    """Invert :func:`distort_normalized` (``cv2.undistortPointsIter``: OpenCV's fixed-point
+    iteration, run to convergence)."""
+    import cv2
+
+    xd = np.ascontiguousarray(xd, dtype=np.float64).reshape(-1, 1, 2)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, int(iterations), 1e-15)
+    return cv2.undistortPointsIter(xd, np.eye(3), np.asarray(dist, np.float64), None, None, crit).reshape(-1, 2)
 
 
 # -- construction ---------------------------------------------------------------------------

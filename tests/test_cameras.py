@@ -78,3 +78,15 @@ def test_resize_and_crop_keep_projection_in_sync():
     assert np.allclose(uv2, uv / 2)
     uv3, _ = cam.cropped(10, 5, 40, 40).project(p)
     assert np.allclose(uv3, uv - [10, 5])
+
+
+def test_distortion_matches_opencv_including_the_rational_model():
+    """Every supported coefficient count (4, 5, 8: anipose files carry 8) as cv2.projectPoints."""
+    import cv2
+
+    x = np.random.default_rng(3).uniform(-0.6, 0.6, (500, 2))
+    for dist in ([-0.25, 0.08, 5e-4, 5e-4], [-0.3, 0.12, 1e-3, -2e-3, 0.01], [0.1, -0.05, 1e-3, 2e-3, 0.01, 0.02, 1e-3, 0.0]):
+        dist = np.array(dist)
+        ref, _ = cv2.projectPoints(np.concatenate([x, np.ones((len(x), 1))], 1), np.zeros(3), np.zeros(3), np.eye(3), dist)
+        assert np.allclose(distort_normalized(x, dist), ref.reshape(-1, 2), atol=1e-12)
+        assert np.allclose(undistort_normalized(distort_normalized(x, dist), dist), x, atol=1e-10)
