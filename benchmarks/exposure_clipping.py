@@ -52,6 +52,14 @@ def crop_square(rgba8: np.ndarray, size: int, bg: int = 64) -> np.ndarray:
     return cv2.resize(np.clip(rgb, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
 
 
+def render_config(a) -> dict:
+    """The render config these benchmarks compose from their common arguments."""
+    from mousefacelift.config import compose, to_container
+
+    return to_container(compose("render", [f"body_model={a.model}", f"preset={a.quality}", f"resolution={a.size}",
+                                           f"seed={a.seed}", *a.overrides]))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--poses", type=int, default=24)
@@ -70,13 +78,11 @@ def main(argv=None) -> None:
     import torch
 
     from blender.backend import BlenderRenderer, quiet_stdout
-    from mousefacelift.config import compose, to_container
     from synth.mouse import workers as W
     from synth.mouse.dataset import render_dataset
 
     torch.set_num_threads(1)
-    cfg = to_container(compose("render", [f"body_model={a.model}", f"preset={a.quality}", f"resolution={a.size}",
-                                          f"seed={a.seed}", *a.overrides]))
+    cfg = render_config(a)
     if cfg.get("exposure") is None:
         raise SystemExit("exposure_clipping: the render config has no 'exposure' section to compare with")
     ds = render_dataset(cfg)

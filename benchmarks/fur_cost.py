@@ -47,15 +47,13 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from benchmarks.exposure_clipping import crop_square
+    from benchmarks.exposure_clipping import crop_square, render_config
     from blender.backend import BlenderRenderer, quiet_stdout
-    from mousefacelift.config import compose, to_container
     from synth.mouse import workers as W
     from synth.mouse.dataset import render_dataset
 
     torch.set_num_threads(1)
-    cfg = to_container(compose("render", [f"body_model={a.model}", f"preset={a.quality}", f"resolution={a.size}",
-                                          f"seed={a.seed}", *a.overrides]))
+    cfg = render_config(a)
     ds = render_dataset(cfg)
     composer = W.make_composer(cfg, ds)
     load0 = os.getloadavg()
