@@ -388,10 +388,17 @@ class BodyModel:
         if vertex_ids is None:
             W, V = b["W"], b["rest_vertices"]
         else:
-            Wc = self.skin_weights[vertex_ids].tocoo()
-            W = torch.sparse_coo_tensor(np.stack([Wc.row, Wc.col]), Wc.data, Wc.shape, dtype=dt, device=dev,
-                                        check_invariants=False)
-            V = b["rest_vertices"][torch.as_tensor(vertex_ids, device=dev)]
+            # the sampler skins the same subsets every batch: keep their sparse weights (a few kept)
+            key = ("subset", dev, dt, np.asarray(vertex_ids).tobytes())
+            if key not in self._cache:
+                Wc = self.skin_weights[vertex_ids].tocoo()
+                W = torch.sparse_coo_tensor(np.stack([Wc.row, Wc.col]), Wc.data, Wc.shape, dtype=dt, device=dev,
+                                            check_invariants=False).coalesce()
+                subsets = [k for k in self._cache if isinstance(k, tuple) and k[0] == "subset"]
+                for old in subsets[:max(0, len(subsets) - 7)]:
+                    del self._cache[old]
+                self._cache[key] = (W, b["rest_vertices"][torch.as_tensor(vertex_ids, device=dev)])
+            W, V = self._cache[key]
         Aflat = A.permute(1, 0, 2, 3).reshape(J, B * 12)
         T = torch.sparse.mm(W, Aflat).reshape(-1, B, 3, 4).permute(1, 0, 2, 3)   # [B,n,3,4]
         return (T[..., :3] @ V[None, :, :, None]).squeeze(-1) + T[..., 3]

@@ -98,14 +98,24 @@ def segment_joint_map(model: BodyModel, seg_names: list[str] | None = None) -> n
     return out.reshape(len(seg_names) * 3, J * 3)
 
 
-def _hash_uniform(seed: int, index: np.ndarray, attempt: int, dims: int) -> np.ndarray:
-    """Counter-based uniforms in (0,1), [M, dims]: splitmix64 of (seed, index, attempt, slot)."""
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.cross over the last axis (size 3) without its axis shuffling: the contact solve calls it
+    thousands of times per batch."""
+    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
+    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], -1)
+
+
+def _hash_uniform(seed: int, index: np.ndarray, attempt, dims: int) -> np.ndarray:
+    """Counter-based uniforms in (0,1), [M, dims]: splitmix64 of (seed, index, attempt, slot);
+    attempt is one int or one per index."""
     with np.errstate(over="ignore"):
         idx = np.asarray(index, np.uint64)[:, None]
+        attempt = np.asarray(attempt, np.uint64).reshape(-1, 1)
         slot = np.arange(dims, dtype=np.uint64)[None, :]
         x = (np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
              ^ idx * np.uint64(0xBF58476D1CE4E5B9)
-             ^ np.uint64(attempt) * np.uint64(0x94D049BB133111EB)
+             ^ attempt * np.uint64(0x94D049BB133111EB)
              ^ slot * np.uint64(0xD6E8FEB86659FD93))
         for _ in range(2):
             x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -187,6 +197,7 @@ class PoseSampler:
         ex = c.get("exemplars") or {}
         self.exemplar_share = float(ex.get("share", 0.0))
         self.exemplar_bandwidth = float(ex.get("bandwidth", 0.5))
+        self.exemplar_tail_elevation = float(ex.get("tail_elevation", 0.0))
         ex_segs = (self.fitted or {}).get("exemplar_segments") or []
         unknown = [x for x in ex_segs if x not in self.seg_names]
         if unknown:
@@ -435,14 +446,14 @@ class PoseSampler:
             raise ValueError(f"{m.name}: SpineF and SpineM map to the same spine joint; the tail heading needs a body axis")
 
     # -- sampling ---------------------------------------------------------------------------
-    def _candidates(self, seed: int, indices: np.ndarray, attempt: int):
+    def _candidates(self, seed: int, indices: np.ndarray, attempt):
         """Step 1: angles, body orientation and size for each candidate (before contact and tail)."""
         m, c = self.model, self.cfg
         M, S = len(indices), len(self.seg_names)
         u = _hash_uniform(seed, indices, attempt, self.dims)
         z = ndtri(u)
         # the family is drawn once per index (attempt 0's slot), so rejections do not skew the mix
-        u_fam = u[:, 0] if attempt == 0 else _hash_uniform(seed, indices, 0, 1)[:, 0]
+        u_fam = _hash_uniform(seed, indices, 0, 1)[:, 0]
         fam = np.searchsorted(self.family_cdf, u_fam, side="right").clip(0, len(self.family_names) - 1)
         phase = u[:, 1] * 2 * np.pi
         zseg = z[:, 8 + self._G:8 + self._G + 3 * S].reshape(M, S, 3)
@@ -533,7 +544,7 @@ class PoseSampler:
         k = axis.reshape(shape)
         v = x if centre is None else x - centre.reshape(shape)
         ca, sa = np.cos(ang).reshape(shape[:-1] + (1,)), np.sin(ang).reshape(shape[:-1] + (1,))
-        r = v * ca + np.cross(k, v) * sa + k * (k * v).sum(-1, keepdims=True) * (1 - ca)
+        r = v * ca + _cross(k, v) * sa + k * (k * v).sum(-1, keepdims=True) * (1 - ca)
         return r if centre is None else r + centre.reshape(shape)
 
     def _solve_contact(self, params: PoseParams, fam: np.ndarray, posed: np.ndarray, A: np.ndarray):
@@ -600,7 +611,7 @@ class PoseSampler:
             dz = np.where(sup, dz, 0.0)
             Jc = []
             for k in (0, 1):
-                jk = np.cross(axes[:, :, k], c - pts[:, :, k]) - np.cross(axes[:, :, 2], c - pts[:, :, 2])
+                jk = _cross(axes[:, :, k], c - pts[:, :, k]) - _cross(axes[:, :, 2], c - pts[:, :, 2])
                 Jc.append(jk[..., [0, 2]])
             Jm = np.stack(Jc, -1)                                              # [M,4,2(x,z),2(modes)]
             b = np.stack([np.zeros_like(dz), dz], -1)
@@ -688,6 +699,10 @@ class PoseSampler:
         dev = np.deg2rad(prm["exit_pitch_deg"] - self._tail_mean("exit_pitch_deg", fam))
         elev = -np.arctan2(np.maximum(p[:, 2] - rad[:, 0], 0.0), lift) + np.deg2rad(self._tail_mean("exit_pitch_deg", fam)) \
             + np.where(ex, h, 1.0) * dev
+        # a pose drawn around a real exemplar leans its stiff run toward that pose's measured elevation
+        w = self.exemplar_tail_elevation
+        if w > 0:
+            elev = np.where(ex, (1 - w) * elev + w * (np.nan_to_num(tail_ex[:, 1]) + h * dev), elev)
         head = np.arctan2(back[:, 1], back[:, 0]) + np.where(
             ex, tail_ex[:, 0] + h * np.deg2rad(prm["heading_deg"] - self._tail_mean("heading_deg", fam)),
             np.deg2rad(prm["heading_deg"]))
@@ -718,7 +733,7 @@ class PoseSampler:
             # rotation taking the rest bone direction (in the parent's frame) to d
             b = self._tail_dir[k]
             ev = np.einsum("mba,mb->ma", Wprev, d)                           # W^T d
-            axis = np.cross(np.broadcast_to(b, ev.shape), ev)
+            axis = _cross(np.broadcast_to(b, ev.shape), ev)
             sn, cs = np.linalg.norm(axis, axis=1), np.clip(ev @ b, -1, 1)
             ang = np.arctan2(sn, cs)
             r = Rotation.from_rotvec(axis / np.maximum(sn, 1e-12)[:, None] * ang[:, None]).as_matrix()
@@ -738,8 +753,9 @@ class PoseSampler:
         return posed.double().numpy(), A.double().numpy(), A
 
     @torch.no_grad()
-    def _build(self, seed: int, indices: np.ndarray, attempt: int):
-        """Steps 1-3 for one attempt: candidate params (grounded, tail draped), families, transforms."""
+    def _build(self, seed: int, indices: np.ndarray, attempt):
+        """Steps 1-3 for one attempt (an int, or one per index): candidate params (grounded, tail
+        draped) and families."""
         params, fam, zt, tail_ex = self._candidates(seed, indices, attempt)
         posed, A, _ = self._pose(params)
         Rg, jr, floor = self._solve_contact(params, fam, posed, A)
@@ -820,6 +836,10 @@ class PoseSampler:
             raise ValueError(f"PoseSampler.sample: indices must be >= 0, got min {indices.min()}")
         M = len(indices)
         max_att = int(self.cfg.get("max_attempts", 24))
+        # each round costs a fixed overhead (kinematics levels, per-bone tail loop); once few poses
+        # are pending, their next attempts are tried together in one round, results taken in
+        # attempt order (a pose's result is the same as with one attempt per round)
+        min_round = int(self.cfg.get("min_round_candidates", 1))
         best_score = np.full(M, np.inf)
         best_arr = np.zeros((M, PoseParams.array_size(self.model)), np.float32)
         best_fam = np.zeros(M, np.int64)
@@ -828,24 +848,32 @@ class PoseSampler:
         accepted = np.zeros(M, bool)
         reason_counts = {k: 0 for k in ("penetration", "crossing", "flip", "floor", "contact", "tilt")}
         pending = np.arange(M)
-        for a in range(max_att):
-            if len(pending) == 0:
-                break
-            params, fam = self._build(seed, indices[pending], a)
+        a = 0
+        while a < max_att and len(pending):
+            k = min(max_att - a, max(1, -(-min_round // len(pending))))
+            pos = np.tile(pending, k)                                        # attempt-major order
+            att = np.repeat(np.arange(a, a + k), len(pending))
+            params, fam = self._build(seed, indices[pos], att if k > 1 else a)
             score, reasons, _, vw = self._evaluate(params, fam)
-            for k, r in reasons.items():
-                reason_counts[k] += int(r.sum())
-            attempts[pending] = a + 1
             arr = params.to_array()
-            better = score < best_score[pending]
-            upd = pending[better]
-            best_score[upd] = score[better]
-            best_arr[upd] = arr[better]
-            best_fam[upd] = fam[better]
-            best_box[upd] = np.stack([vw.min(1), vw.max(1)], 1)[better]
-            ok = score <= 0
-            accepted[pending[ok]] = True
-            pending = pending[~ok]
+            box = np.stack([vw.min(1), vw.max(1)], 1)
+            for r in range(k):
+                rows = np.nonzero(~accepted[pos[r * len(pending):(r + 1) * len(pending)]])[0] + r * len(pending)
+                if len(rows) == 0:
+                    break
+                p = pos[rows]
+                for key, v in reasons.items():
+                    reason_counts[key] += int(v[rows].sum())
+                attempts[p] = a + r + 1
+                better = score[rows] < best_score[p]
+                upd, src = p[better], rows[better]
+                best_score[upd] = score[src]
+                best_arr[upd] = arr[src]
+                best_fam[upd] = fam[src]
+                best_box[upd] = box[src]
+                accepted[p[score[rows] <= 0]] = True
+            a += k
+            pending = pending[~accepted[pending]]
         params = PoseParams.from_array(self.model, best_arr)
         # centre over the origin in x/y; a forced pose (no candidate passed) is lifted out of the floor
         t = params.transl.double().numpy()
