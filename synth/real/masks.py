@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from mousefacelift.imaging import threshold_mask
+from synth.real.keypoints import keypoint_mask_agreement
 
 log = logging.getLogger("synth.real.masks")
 
@@ -328,7 +329,7 @@ def grabcut_refine(frame: np.ndarray, mask: np.ndarray, cfg: MaskConfig,
     H, W = m.shape
     regions = prior_regions(prior, cfg) if prior is not None and np.asarray(prior).any() else None
     if regions is not None:
-        m = apply_prior(m, prior, cfg)
+        m = apply_prior(m, prior, cfg, regions)
     if not m.any():
         return m, False
     b = max(1, cfg.grabcut_band_px)
@@ -378,17 +379,19 @@ def prior_regions(silhouette: np.ndarray, cfg: MaskConfig) -> tuple[np.ndarray, 
     return p, _dilate(p, r), cv2.erode(p.astype(np.uint8), _disc(r)) > 0
 
 
-def apply_prior(mask: np.ndarray, silhouette: np.ndarray, cfg: MaskConfig) -> np.ndarray:
+def apply_prior(mask: np.ndarray, silhouette: np.ndarray, cfg: MaskConfig,
+                regions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A background-subtraction mask checked against a body-model silhouette of the same frame
     (a body fitted to 3D keypoints): what lies beyond the silhouette's margin is dropped (floor
     texture, a wall band, a reflection) and its core is added (a body the background absorbed);
-    the graph cut (:func:`grabcut_refine`) then finds the outline in between."""
+    the graph cut (:func:`grabcut_refine`) then finds the outline in between. ``regions``: the
+    silhouette's :func:`prior_regions` when the caller has them already."""
     m, p = np.asarray(mask, bool), np.asarray(silhouette, bool)
     if p.shape != m.shape:
         raise ValueError(f"body prior silhouette {p.shape} and mask {m.shape} differ in shape")
     if not p.any():
         return m
-    _, near, core = prior_regions(p, cfg)
+    _, near, core = regions if regions is not None else prior_regions(p, cfg)
     return clean_mask((m & near) | core, cfg)
 
 
@@ -552,7 +555,9 @@ class MaskProvider:
 
 
 def _seed_share(m: np.ndarray, seeds: np.ndarray | None) -> float | None:
-    """Share of the seeds [J,2] (pixel coordinates) inside the image that fall on ``m``; None without any."""
+    """Share of the seeds [J,2] (pixel coordinates) inside the image that fall on ``m``
+    (:func:`synth.real.keypoints.keypoint_mask_agreement`); None without any: seeds off the
+    image (a view that cuts the mouse off) neither agree nor disagree."""
     if seeds is None or not len(seeds):
         return None
     pts = np.asarray(seeds, np.float64).reshape(-1, 2)
@@ -560,4 +565,4 @@ def _seed_share(m: np.ndarray, seeds: np.ndarray | None) -> float | None:
     ok = np.all(np.isfinite(pts), 1) & (pts[:, 0] >= 0) & (pts[:, 1] >= 0) & (pts[:, 0] < W) & (pts[:, 1] < H)
     if not ok.any():
         return None
-    return float(m[pts[ok, 1].astype(int), pts[ok, 0].astype(int)].mean())
+    return keypoint_mask_agreement(m, pts[ok])
