@@ -288,10 +288,14 @@ def calibration_to_dict(cal: Calibration) -> dict:
 
 
 def save_calibration(path: str | Path, cal: Calibration) -> None:
-    """Write the OpenCV JSON/YAML layout above (atomically), e.g. to convert a DANNCE file."""
+    """Write the OpenCV JSON/YAML layout above, or anipose's ``calibration.toml`` for a
+    ``.toml`` name (atomically), e.g. to convert a DANNCE file."""
     from mousefacelift.shards import atomic_write_bytes
 
     path = Path(path)
+    if path.suffix.lower() == ".toml":
+        atomic_write_bytes(path, anipose_toml(cal).encode())
+        return
     d = calibration_to_dict(cal)
     if path.suffix.lower() == ".json":
         text = json.dumps(d, indent=1)
@@ -300,5 +304,27 @@ def save_calibration(path: str | Path, cal: Calibration) -> None:
 
         text = yaml.safe_dump(d, sort_keys=False)
     else:
-        raise ValueError(f"{path}: expected a .json or .yaml file name")
+        raise ValueError(f"{path}: expected a .json, .yaml or .toml file name")
     atomic_write_bytes(path, text.encode())
+
+
+def anipose_toml(cal: Calibration) -> str:
+    """``cal`` as anipose's ``calibration.toml`` (``CameraGroup.dump`` layout: ``[cam_N]`` with
+    name, size, matrix, distortions, rotation (Rodrigues vector), translation, then
+    ``[metadata]``). Like anipose, no length unit and no up direction are written: the reader
+    needs ``--units``, and takes +Z as up."""
+    def arr(a) -> str:
+        a = np.asarray(a, np.float64)
+        if a.ndim == 0:
+            return repr(float(a))
+        return "[ " + ", ".join(arr(x) for x in a) + ",]"
+
+    parts = []
+    for i, c in enumerate(cal.cameras):
+        rvec = Rotation.from_matrix(c.w2c[:3, :3]).as_rotvec()
+        dist = np.zeros(5) if c.dist is None else np.asarray(c.dist, np.float64).ravel()
+        parts.append(f"[cam_{i}]\nname = {json.dumps(str(c.name))}\nsize = [ {int(c.width)}, {int(c.height)},]\n"
+                     f"matrix = {arr(c.K)}\ndistortions = {arr(dist)}\nrotation = {arr(rvec)}\n"
+                     f"translation = {arr(c.w2c[:3, 3])}\n")
+    parts.append("[metadata]\nadjusted = false\nerror = 0.0\n")
+    return "\n".join(parts)

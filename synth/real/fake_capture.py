@@ -407,10 +407,7 @@ def make_fake_capture(out_dir: str | Path, calibration: Calibration, cfg: FakeCa
     for stale in ("calibration.toml", "calibration.json"):
         if stale != cal_name and (out / stale).exists():
             (out / stale).unlink()
-    if cfg.calibration_format == "anipose":
-        save_anipose_calibration(out / cal_name, written)
-    else:
-        save_calibration(out / cal_name, written)
+    save_calibration(out / cal_name, written)       # .toml: anipose's layout
     verts_written = np.stack([v @ world[:3, :3].T + world[:3, 3] for v in track])
     if cfg.keypoints:
         # what a 3D pose tracker (anipose, sleap-anipose, DANNCE) would give: the 22 keypoints, in the written world
@@ -464,30 +461,6 @@ def _written_calibration(true_cal: Calibration, cfg: FakeCaptureConfig) -> Calib
         cams[names.index(dst)] = replace(cams[names.index(src)], name=dst)
     # an anipose file states no up: its readers assume +Z
     return Calibration(cameras=cams, units="mm", up=true_cal.up)
-
-
-def save_anipose_calibration(path: str | Path, cal: Calibration) -> None:
-    """Write ``cal`` as anipose's ``calibration.toml`` (``CameraGroup.dump`` layout: ``[cam_N]``
-    with name, size, matrix, distortions, rotation (OpenCV Rodrigues), translation, then
-    ``[metadata]``). Like anipose, no length unit and no up direction are written: the reader
-    needs ``--units``, and takes +Z as up."""
-    import cv2
-
-    def arr(a) -> str:
-        a = np.asarray(a, np.float64)
-        if a.ndim == 0:
-            return repr(float(a))
-        return "[ " + ", ".join(arr(x) for x in a) + ",]"
-
-    parts = []
-    for i, c in enumerate(cal.cameras):
-        rvec = cv2.Rodrigues(np.ascontiguousarray(c.w2c[:3, :3]))[0].ravel()
-        dist = np.zeros(5) if c.dist is None else np.asarray(c.dist, np.float64).ravel()
-        parts.append(f"[cam_{i}]\nname = {json.dumps(str(c.name))}\nsize = [ {int(c.width)}, {int(c.height)},]\n"
-                     f"matrix = {arr(c.K)}\ndistortions = {arr(dist)}\nrotation = {arr(rvec)}\n"
-                     f"translation = {arr(c.w2c[:3, 3])}\n")
-    parts.append("[metadata]\nadjusted = false\nerror = 0.0\n")
-    atomic_write_bytes(Path(path), "\n".join(parts).encode())
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
